@@ -36,7 +36,12 @@ class UserError(Exception):
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        # Only commands that take config overrides accept `--key=value` beyond their own flags.
+        if not hasattr(args, "overrides") or any("=" not in e for e in extras):
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+        args.overrides = list(args.overrides) + extras
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.command is None else 2

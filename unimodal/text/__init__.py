@@ -1,0 +1,1 @@
+"""Text side: tokenizers and the special tokens shared by the LLM bridge."""
