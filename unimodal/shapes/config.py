@@ -1,0 +1,98 @@
+"""`ShapesConfig`: everything that defines the Shapes world, its hold-out split and its scorer."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from unimodal.config import Config, ConfigError
+from unimodal.shapes.draw import SHAPE_NAMES
+from unimodal.shapes.vocab import GENEVAL_COLORS, PALETTE
+
+# Mid gray sits in the middle of the RGB cube, so black and white are equally far from it (~220)
+# and every palette colour is >= ~100 away; a light background would swallow white and yellow,
+# a dark one black and brown. See `vocab.PALETTE` for the colour choices.
+DEFAULT_BACKGROUND = (128, 128, 128)
+# Seven classes that stay separable at ~11 px (the default smallest object at 64 px).
+DEFAULT_SHAPES = ("circle", "square", "triangle", "diamond", "star", "cross", "heart")
+
+
+@dataclasses.dataclass
+class ShapesConfig(Config):
+    # Rendering. Scenes are stored in normalised [0, 1] coordinates, so any image_size shows the
+    # same scene; sizes below are fractions of the image side.
+    image_size: int = 64
+    supersample: int = 4                      # anti-aliasing: ss x ss coverage samples per pixel
+    background: tuple[int, int, int] = DEFAULT_BACKGROUND
+    shapes: tuple[str, ...] = DEFAULT_SHAPES
+    colors: tuple[str, ...] = GENEVAL_COLORS
+
+    # Scene sampling.
+    min_objects: int = 1
+    max_objects: int = 4
+    min_size: float = 0.18                    # object box side, fraction of the image side
+    max_size: float = 0.30
+    min_gap: float = 0.05                     # smallest gap between two object boxes
+    edge_margin: float = 0.02                 # smallest gap between a box and the image border
+    same_shape_prob: float = 0.35             # chance that a multi-object scene is one shape (counting)
+    long_caption_prob: float = 0.5            # chance that a training item's caption is the long one
+    relation_margin: float = 0.2              # GenEval margin a relation must clear to be captioned
+    max_tries: int = 2000                     # placement attempts before giving up with an error
+    seed: int = 0
+
+    # Hold-out: combinations that only evaluation prompts contain.
+    holdout_colors_per_shape: int = 1         # (colour, shape) pairs held out per shape
+    holdout_relation_pairs: float = 0.33      # fraction of shape pairs with one held-out direction
+    holdout_seed: int = 0
+
+    # ShapesEval scorer.
+    position_threshold: float = 0.1           # GenEval's POSITION_THRESHOLD
+    min_area: float = 0.0015                  # smallest object, fraction of the image area
+    min_shape_score: float = 0.6              # template overlap below which a blob has no class
+
+    def __post_init__(self):
+        if not 16 <= self.image_size <= 1024:
+            raise ConfigError(f"image_size={self.image_size} must be in [16, 1024]")
+        if not 1 <= self.supersample <= 16:
+            raise ConfigError(f"supersample={self.supersample} must be in [1, 16]")
+        if any(not 0 <= c <= 255 for c in self.background):
+            raise ConfigError(f"background={self.background} must be RGB values in [0, 255]")
+        unknown = sorted(set(self.shapes) - set(SHAPE_NAMES))
+        if unknown or len(set(self.shapes)) != len(self.shapes) or len(self.shapes) < 3:
+            raise ConfigError(f"shapes must be >= 3 distinct names from {list(SHAPE_NAMES)}; got {list(self.shapes)}")
+        unknown = sorted(set(self.colors) - set(PALETTE))
+        if unknown or len(set(self.colors)) != len(self.colors) or len(self.colors) < 2:
+            raise ConfigError(f"colors must be >= 2 distinct names from {list(PALETTE)}; got {list(self.colors)}")
+        for name in self.colors:
+            d = math.dist(PALETTE[name], self.background)
+            if d < 80:
+                raise ConfigError(f"background={self.background} is only {d:.0f} from {name!r}; "
+                                  "pick one >= 80 from every colour (mid gray works)")
+        if not 1 <= self.min_objects <= self.max_objects <= 8:
+            raise ConfigError(f"need 1 <= min_objects <= max_objects <= 8; got {self.min_objects}, {self.max_objects}")
+        if not 0 < self.min_size <= self.max_size <= 0.5:
+            raise ConfigError(f"need 0 < min_size <= max_size <= 0.5; got {self.min_size}, {self.max_size}")
+        if self.min_size * self.image_size < 8:
+            raise ConfigError(f"min_size * image_size = {self.min_size * self.image_size:.1f} px; shapes below "
+                              "8 px cannot be told apart - raise min_size or image_size")
+        if self.min_gap * self.image_size < 2:
+            raise ConfigError(f"min_gap * image_size = {self.min_gap * self.image_size:.1f} px; objects need a "
+                              ">= 2 px gap so the scorer can separate them - raise min_gap")
+        room = (self.max_objects * (self.max_size + self.min_gap) ** 2) / (1 - 2 * self.edge_margin) ** 2
+        if room > 0.6:
+            raise ConfigError(f"max_objects={self.max_objects} boxes of max_size={self.max_size} fill "
+                              f"{room:.0%} of the image; lower max_size or max_objects")
+        for name in ("same_shape_prob", "long_caption_prob", "holdout_relation_pairs"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name}={getattr(self, name)} must be in [0, 1]")
+        if not 0 <= self.holdout_colors_per_shape < len(self.colors):
+            raise ConfigError(f"holdout_colors_per_shape={self.holdout_colors_per_shape} must leave each "
+                              f"shape at least one of its {len(self.colors)} colours")
+        if not 0 <= self.position_threshold < 0.5 or not 0 <= self.relation_margin < 0.5:
+            raise ConfigError("position_threshold and relation_margin must be in [0, 0.5)")
+        if self.relation_margin < self.position_threshold:
+            raise ConfigError(f"relation_margin={self.relation_margin} must be >= position_threshold="
+                              f"{self.position_threshold}, or captioned relations may fail the scorer")
+        if not 0 < self.min_shape_score < 1:
+            raise ConfigError(f"min_shape_score={self.min_shape_score} must be in (0, 1)")
+        if self.max_tries < 1:
+            raise ConfigError(f"max_tries={self.max_tries} must be >= 1")

@@ -1,0 +1,99 @@
+"""Shapes training data: an on-the-fly torch Dataset and a materialised Hugging Face `datasets.Dataset`.
+
+Item `i` of split `s` is a pure function of (cfg, s, i): the scene comes from
+`world.training_scene` and the caption choice from its own random stream of the same item, so a
+DataLoader with any number of workers, or a resumed run, sees identical data.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import datasets
+import numpy as np
+import torch
+
+from unimodal.shapes.captions import scene_captions
+from unimodal.shapes.config import ShapesConfig
+from unimodal.shapes.scene import image_to_tensor, render_scene
+from unimodal.shapes.world import item_rng, training_scene
+
+CAPTION_MODES = ("mixed", "long", "geneval")
+
+
+def choose_caption(captions: dict[str, list[str]], mode: str, long_prob: float, rng: np.random.Generator) -> str:
+    """"long": the long caption; "geneval": a GenEval-style one (the long one if the scene has
+    none); "mixed": the long one with probability `long_prob`, otherwise as "geneval"."""
+    if mode not in CAPTION_MODES:
+        raise ValueError(f"caption mode {mode!r} is not one of {list(CAPTION_MODES)}")
+    short = [c for tag, caps in sorted(captions.items()) if tag != "long" for c in caps]
+    if mode == "long" or not short or (mode == "mixed" and rng.random() < long_prob):
+        return captions["long"][0]
+    return short[int(rng.integers(len(short)))]
+
+
+def make_item(cfg: ShapesConfig, split: str, index: int, mode: str = "mixed") -> dict[str, Any]:
+    """{"image": PIL image, "caption": str, "captions": all exact captions, "scene": JSON, "index"}."""
+    scene = training_scene(cfg, split, index)
+    caps = scene_captions(scene, cfg)
+    caption = choose_caption(caps, mode, cfg.long_caption_prob, item_rng(cfg.seed, split, index, stream=1))
+    return {"image": render_scene(scene, cfg), "caption": caption,
+            "captions": [c for tag in sorted(caps) for c in caps[tag]], "scene": scene.to_json(), "index": index}
+
+
+class ShapesDataset(torch.utils.data.Dataset):
+    """Rendered on the fly. Items: image (3, S, S) float32 in [0, 1], caption, scene JSON, index
+    (all collate with the default collate function)."""
+
+    def __init__(self, cfg: ShapesConfig, split: str = "train", length: int = 100_000, caption: str = "mixed"):
+        if length < 1:
+            raise ValueError(f"length must be >= 1, got {length}")
+        if caption not in CAPTION_MODES:
+            raise ValueError(f"caption mode {caption!r} is not one of {list(CAPTION_MODES)}")
+        self.cfg, self.split, self.length, self.caption = cfg, split, length, caption
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < self.length:
+            raise IndexError(f"index {index} out of range for a Shapes split of {self.length}")
+        item = make_item(self.cfg, self.split, index, self.caption)
+        return {"image": image_to_tensor(item["image"]), "caption": item["caption"],
+                "scene": item["scene"], "index": index}
+
+
+FEATURES = datasets.Features({
+    "image": datasets.Image(),
+    "caption": datasets.Value("string"),
+    "captions": datasets.Sequence(datasets.Value("string")),
+    "scene": datasets.Value("string"),
+    "index": datasets.Value("int64"),
+})
+
+
+def _generate(cfg_dict: dict, split: str, start: int, stop: int, mode: str) -> Iterator[dict[str, Any]]:
+    cfg = ShapesConfig.from_dict(cfg_dict)
+    for i in range(start, stop):
+        yield make_item(cfg, split, i, mode)
+
+
+def build_hf_dataset(cfg: ShapesConfig, split: str, length: int, caption: str = "mixed",
+                     start: int = 0, cache_dir: str | os.PathLike | None = None) -> datasets.Dataset:
+    """Items start..start+length-1 of `split` as a `datasets.Dataset` (image column + caption +
+    all captions + scene JSON + index). Arrow files go to `cache_dir` (default: the HF cache)."""
+    if length < 1:
+        raise ValueError(f"length must be >= 1, got {length}")
+    return datasets.Dataset.from_generator(
+        _generate, features=FEATURES, cache_dir=None if cache_dir is None else str(cache_dir),
+        gen_kwargs={"cfg_dict": cfg.to_dict(), "split": split, "start": start, "stop": start + length, "mode": caption})
+
+
+def save_hf_dataset(cfg: ShapesConfig, split: str, length: int, path: str | os.PathLike,
+                    caption: str = "mixed", cache_dir: str | os.PathLike | None = None) -> datasets.Dataset:
+    """Materialise and `save_to_disk(path)`, with the world's config in `path/shapes_config.json`."""
+    ds = build_hf_dataset(cfg, split, length, caption, cache_dir=cache_dir)
+    ds.save_to_disk(str(path))
+    cfg.save_json(Path(path) / "shapes_config.json")
+    return ds

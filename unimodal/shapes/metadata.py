@@ -1,0 +1,158 @@
+"""ShapesEval prompts in GenEval's exact metadata format, and a checker for that format.
+
+One JSON object per line, keys in GenEval's order: ``tag``, ``include`` (a list of clauses
+{class, count, optional color, optional position: [relation, index of an earlier clause]}),
+``exclude`` (counting only: the same class with count N + 1) and ``prompt``.
+
+Prompt selection is deterministic (`cfg.holdout_seed`): per tag, up to half of the quota goes to
+combinations that contain a held-out pair/triple, the rest to seen ones, each drawn in a seeded
+shuffle (default quotas are GenEval's 80/99/80/94/100/100; a tag with fewer combinations takes all
+of them: with 7 shapes, 7 single_object, 42 two_object, 21 counting and 70 colors lines).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from unimodal.config import atomic_write_text
+from unimodal.shapes import captions as cap
+from unimodal.shapes.config import ShapesConfig
+from unimodal.shapes.holdout import HoldOut, metadata_violations
+from unimodal.shapes.vocab import GENEVAL_TAGS, RELATIONS
+
+GENEVAL_QUOTAS: dict[str, int] = {"single_object": 80, "two_object": 99, "counting": 80, "colors": 94,
+                                  "position": 100, "color_attr": 100}
+COUNTS: tuple[int, ...] = (2, 3, 4)   # GenEval's counting prompts ask for two, three or four
+
+
+def _clause(shape: str, count: int = 1, color: str | None = None, position: list | None = None) -> dict:
+    c: dict[str, Any] = {"class": shape, "count": count}
+    if color is not None:
+        c["color"] = color
+    if position is not None:
+        c["position"] = position
+    return c
+
+
+def _candidates(tag: str, cfg: ShapesConfig) -> list[dict[str, Any]]:
+    S, C = cfg.shapes, cfg.colors
+    lines = []
+    if tag == "single_object":
+        for s in S:
+            lines.append({"tag": tag, "include": [_clause(s)], "prompt": cap.prompt_single_object(s)})
+    elif tag == "two_object":
+        for a, b in itertools.permutations(S, 2):
+            lines.append({"tag": tag, "include": [_clause(a), _clause(b)], "prompt": cap.prompt_two_object(a, b)})
+    elif tag == "counting":
+        for s, n in itertools.product(S, [n for n in COUNTS if n <= cfg.max_objects]):
+            lines.append({"tag": tag, "include": [_clause(s, n)], "exclude": [_clause(s, n + 1)],
+                          "prompt": cap.prompt_counting(n, s)})
+    elif tag == "colors":
+        for s, c in itertools.product(S, C):
+            lines.append({"tag": tag, "include": [_clause(s, 1, c)], "prompt": cap.prompt_colors(c, s)})
+    elif tag == "position":
+        # GenEval order: the reference object first, the positioned one second pointing at clause 0.
+        for a, b in itertools.permutations(S, 2):
+            for rel in RELATIONS:
+                lines.append({"tag": tag, "include": [_clause(b), _clause(a, 1, position=[rel, 0])],
+                              "prompt": cap.prompt_position(a, rel, b)})
+    elif tag == "color_attr":
+        for s1, s2 in itertools.permutations(S, 2):
+            for c1, c2 in itertools.product(C, C):
+                lines.append({"tag": tag, "include": [_clause(s1, 1, c1), _clause(s2, 1, c2)],
+                              "prompt": cap.prompt_color_attr(c1, s1, c2, s2)})
+    else:
+        raise ValueError(f"unknown tag {tag!r}; GenEval's are {list(GENEVAL_TAGS)}")
+    return lines
+
+
+def build_metadata(cfg: ShapesConfig, holdout: HoldOut, quotas: dict[str, int] | None = None) -> list[dict[str, Any]]:
+    """ShapesEval prompt lines for all six tags, in GenEval's tag order."""
+    quotas = dict(GENEVAL_QUOTAS if quotas is None else quotas)
+    unknown = sorted(set(quotas) - set(GENEVAL_TAGS))
+    if unknown:
+        raise ValueError(f"unknown tag(s) {unknown} in quotas; GenEval's are {list(GENEVAL_TAGS)}")
+    out = []
+    for t, tag in enumerate(GENEVAL_TAGS):
+        cands = _candidates(tag, cfg)
+        order = np.random.default_rng([cfg.holdout_seed, t]).permutation(len(cands)).tolist()
+        quota = quotas.get(tag, 0)
+        held = [i for i in order if metadata_violations(cands[i], holdout)]
+        seen = [i for i in order if not metadata_violations(cands[i], holdout)]
+        n_held = max(min(len(held), (quota + 1) // 2), quota - len(seen))
+        chosen = set(held[:n_held] + seen[: quota - n_held])
+        out.extend(cands[i] for i in order if i in chosen)
+    return out
+
+
+def split_by_holdout(lines: Iterable[dict[str, Any]], holdout: HoldOut) -> tuple[list[dict], list[dict]]:
+    """(lines whose combinations training has seen, lines asking for a held-out combination)."""
+    seen, held = [], []
+    for line in lines:
+        (held if metadata_violations(line, holdout) else seen).append(line)
+    return seen, held
+
+
+def check_metadata_line(line: Any, classes: Iterable[str] | None = None) -> None:
+    """Raise ValueError (one line) unless `line` is a well-formed GenEval metadata object."""
+    if not isinstance(line, dict):
+        raise ValueError(f"metadata line must be an object, got {type(line).__name__}")
+    keys = list(line)
+    expected = ["tag", "include", "exclude", "prompt"] if "exclude" in line else ["tag", "include", "prompt"]
+    if keys != expected:
+        raise ValueError(f"metadata keys {keys} differ from GenEval's {expected}")
+    if line["tag"] not in GENEVAL_TAGS:
+        raise ValueError(f"tag {line['tag']!r} is not one of {list(GENEVAL_TAGS)}")
+    if not isinstance(line["prompt"], str) or not line["prompt"]:
+        raise ValueError("prompt must be a non-empty string")
+    classes = None if classes is None else set(classes)
+    for part in ("include", "exclude"):
+        clauses = line.get(part, [])
+        if not isinstance(clauses, list) or (part == "include" and not clauses):
+            raise ValueError(f"{part} must be a non-empty list")
+        for k, c in enumerate(clauses):
+            allowed = {"class", "count", "color", "position"} if part == "include" else {"class", "count"}
+            if not isinstance(c, dict) or not {"class", "count"} <= set(c) <= allowed:
+                raise ValueError(f"{part}[{k}] must have class and count (and only {sorted(allowed)})")
+            if not isinstance(c["class"], str) or (classes is not None and c["class"] not in classes):
+                raise ValueError(f"{part}[{k}].class {c['class']!r} is not a known class")
+            if isinstance(c["count"], bool) or not isinstance(c["count"], int) or c["count"] < 1:
+                raise ValueError(f"{part}[{k}].count must be an integer >= 1")
+            if "color" in c and not isinstance(c["color"], str):
+                raise ValueError(f"{part}[{k}].color must be a string")
+            if "position" in c:
+                p = c["position"]
+                if (not isinstance(p, list) or len(p) != 2 or p[0] not in RELATIONS
+                        or not isinstance(p[1], int) or not 0 <= p[1] < k):
+                    raise ValueError(f"{part}[{k}].position must be [relation, index of an earlier clause]")
+    if line["tag"] == "counting":
+        inc, exc = line["include"], line.get("exclude", [])
+        if len(inc) != 1 or len(exc) != 1 or exc[0] != {"class": inc[0]["class"], "count": inc[0]["count"] + 1}:
+            raise ValueError("counting lines need one include clause and exclude = same class, count N + 1")
+
+
+def write_metadata_jsonl(lines: Iterable[dict[str, Any]], path: str | os.PathLike) -> None:
+    """GenEval's layout: one compact JSON object per line (key order kept)."""
+    atomic_write_text(path, "".join(json.dumps(line) + "\n" for line in lines))
+
+
+def read_metadata_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"metadata file not found: {path}")
+    out = []
+    for n, text in enumerate(path.read_text().splitlines(), 1):
+        if not text.strip():
+            continue
+        try:
+            line = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{n}: not valid JSON ({e})") from None
+        check_metadata_line(line)
+        out.append(line)
+    return out
