@@ -1,0 +1,11 @@
+"""Shared training plumbing; one `<stage>.py` training function per stage builds on it.
+
+- config.TrainConfig        optimisation / bookkeeping settings shared by every stage
+- distributed               init_distributed, DistInfo, barrier, all_reduce_mean, average_gradients, seed_everything
+- schedule.warmup_cosine    pure lr schedule
+- ema.EMA                   float32 EMA with an in-place swap for evaluation
+- engine.TrainEngine        plain PyTorch (AdamW, DDP) or DeepSpeed (ZeRO 0-3), same API
+- checkpoint                atomic, resumable step directories (save/load/latest_checkpoint)
+- logging.RunLogger         stdout + train.log + metrics.jsonl, check_finite
+- loop.infinite_loader      deterministic, rank-sharded, resumable data stream
+"""

@@ -1,0 +1,164 @@
+"""Resumable training checkpoints: one directory per step holding every piece of state.
+
+Layout of ``run_dir/checkpoints/step_00001234/``::
+
+    COMPLETE                  marker; a directory without it is ignored
+    extra_state.pt            the caller's dict (EMA, step, data position, resolved config, ...)
+    rng/rank_00000.pt         python / numpy / torch (+ CUDA) RNG states, one file per rank
+    engines/<name>.pt         plain engine: model + optimizer state (rank 0 writes it)
+    engines/<name>/...        DeepSpeed engine: `save_checkpoint` output incl. ZeRO partitions
+
+Writing is atomic: all ranks write into ``.tmp_step_00001234`` and after a barrier rank 0 adds the
+marker and renames it into place, so a crash at any moment leaves the previous checkpoint as the
+latest. All ranks must see the same file system (one machine, or a shared mount).
+"""
+from __future__ import annotations
+
+import random
+import re
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.distributed as tdist
+
+from unimodal.train.distributed import barrier
+from unimodal.utils.weights import replace_directory
+
+MARKER = "COMPLETE"
+_STEP_DIR = re.compile(r"^step_(\d{8,})$")
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def _rank_world() -> tuple[int, int]:
+    if tdist.is_initialized():
+        return tdist.get_rank(), tdist.get_world_size()
+    return 0, 1
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """This process's RNG states as plain tensors / tuples (loadable with weights_only=True)."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                  int(np_state[3]), float(np_state[4])),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints as (step, path), oldest first."""
+    root = checkpoint_dir(run_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = _STEP_DIR.match(p.name)
+        if m and p.is_dir() and (p / MARKER).is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
+def save_checkpoint(run_dir: str | Path, step: int, engines: Mapping[str, Any], extra_state: Mapping[str, Any],
+                    keep: int | None = None) -> Path:
+    """Write a checkpoint for optimiser step `step`; every rank must call it. Returns its final path.
+
+    `engines` maps a name to a TrainEngine; `extra_state` must hold only tensors and plain Python
+    values (it is loaded with weights_only=True). Older complete checkpoints beyond the newest
+    `keep` are deleted afterwards (None keeps all).
+    """
+    rank, world = _rank_world()
+    root = checkpoint_dir(run_dir)
+    final = root / f"step_{step:08d}"
+    tmp = root / f".tmp_step_{step:08d}"
+    if rank == 0:
+        if tmp.exists():  # left by a crash during an earlier attempt at this step
+            shutil.rmtree(tmp)
+        (tmp / "engines").mkdir(parents=True)
+        (tmp / "rng").mkdir()
+    barrier()
+    for name, engine in engines.items():
+        engine.save_to(tmp / "engines", name, is_main=rank == 0)
+    torch.save(capture_rng_state(), tmp / "rng" / f"rank_{rank:05d}.pt")
+    if rank == 0:
+        torch.save({"extra_state": dict(extra_state), "step": step, "world_size": world,
+                    "engines": sorted(engines)}, tmp / "extra_state.pt")
+    barrier()
+    if rank == 0:
+        (tmp / MARKER).write_text(f"step {step}\n")
+        replace_directory(tmp, final)
+        if keep is not None:
+            prune_checkpoints(run_dir, keep)
+    barrier()
+    return final
+
+
+def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
+    """Delete all but the newest `keep` complete checkpoints, and temporary directories left by crashes.
+
+    Call only when no checkpoint is being written (save_checkpoint calls it between barriers).
+    """
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    found = list_checkpoints(run_dir)
+    for _, path in found[:-keep]:
+        shutil.rmtree(path)
+    for stale in checkpoint_dir(run_dir).glob(".tmp_step_*"):
+        shutil.rmtree(stale)
+
+
+def resume_latest(run_dir: str | Path, engines: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Load the newest complete checkpoint of `run_dir` if there is one (rerunning a command resumes)."""
+    path = latest_checkpoint(run_dir)
+    return None if path is None else load_checkpoint(path, engines)
+
+
+def load_checkpoint(path: str | Path, engines: Mapping[str, Any], restore_rng: bool = True) -> dict[str, Any]:
+    """Load every engine's state and this rank's RNG state; return the caller's `extra_state`.
+
+    Restore the RNG last (after building models) so the next random numbers match the run that
+    saved it. Every rank must call it.
+    """
+    path = Path(path)
+    if not (path / MARKER).is_file():
+        raise FileNotFoundError(f"{path} is not a complete checkpoint (no {MARKER} marker)")
+    meta = torch.load(path / "extra_state.pt", map_location="cpu", weights_only=True)
+    if sorted(engines) != meta["engines"]:
+        raise ValueError(f"{path} holds engines {meta['engines']}, but {sorted(engines)} were given")
+    for name, engine in engines.items():
+        engine.load_from(path / "engines", name)
+    if restore_rng:
+        rank, world = _rank_world()
+        rng_file = path / "rng" / f"rank_{rank:05d}.pt"
+        if rng_file.is_file():
+            restore_rng_state(torch.load(rng_file, map_location="cpu", weights_only=True))
+        else:
+            warnings.warn(f"{path} was saved by {meta['world_size']} process(es); rank {rank} of {world} has no "
+                          "saved RNG state and keeps its fresh seed", stacklevel=2)
+    barrier()
+    return meta["extra_state"]
