@@ -21,14 +21,15 @@ from torch.utils.data import Dataset
 
 from unimodal.config import Config, ConfigError, atomic_write_text
 from unimodal.data.images import load_rgb
-from unimodal.data.sources import DatasetsSource, ImageFolderSource, ScanReport, SyntheticImageSource, scan_source
+from unimodal.data.sources import (DatasetsSource, ImageFolderSource, ScanReport, ShapesImageSource,
+                                   SyntheticImageSource, scan_source)
 
 _log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
 class DataConfig(Config):
-    source: Literal["folder", "datasets", "synthetic"] = "synthetic"
+    source: Literal["folder", "datasets", "synthetic", "shapes"] = "synthetic"
     path: str = ""                    # folder root | save_to_disk folder | data file / glob | hub id
     eval_path: str = ""               # a separate eval folder / dataset; else see eval_holdout
     eval_holdout: int = 0             # hold this many usable records of `path` out for evaluation
@@ -48,7 +49,9 @@ class DataConfig(Config):
     scan_workers: int = 0             # processes for the prescan (0 / 1: in this process)
     scan_cache: str = ""              # JSON file reusing the prescan while data and settings are unchanged
     background: tuple[int, int, int] = (255, 255, 255)  # transparent pixels are composited onto this
-    synthetic_images: int = 256
+    synthetic_images: int = 256       # records of a generated source (synthetic or shapes)
+    shapes_config: str = ""           # ShapesConfig JSON for source=shapes ("" = defaults at image_size)
+    shapes_captions: Literal["mixed", "long", "geneval"] = "mixed"
     synthetic_classes: int = 0
     seed: int = 0                     # synthetic content
 
@@ -136,6 +139,13 @@ def _make_source(cfg: DataConfig, path: str, split_name: str, seed_offset: int) 
     if cfg.source == "synthetic":
         return SyntheticImageSource(cfg.synthetic_images, image_size=max(cfg.image_size, 8), seed=cfg.seed + seed_offset,
                                     num_classes=cfg.synthetic_classes, captions=cfg.captions)
+    if cfg.source == "shapes":
+        from unimodal.shapes.config import ShapesConfig
+
+        world = (ShapesConfig.load_json(cfg.shapes_config) if cfg.shapes_config
+                 else ShapesConfig(image_size=cfg.image_size))
+        return ShapesImageSource(world, cfg.synthetic_images, split="eval" if seed_offset else "train",
+                                 caption_mode=cfg.shapes_captions)
     if cfg.source == "folder":
         return ImageFolderSource(path, class_subfolders=cfg.class_subfolders, captions=cfg.captions,
                                  caption_column=cfg.caption_column)
@@ -177,7 +187,7 @@ def build_image_dataset(cfg: DataConfig, split: Literal["train", "eval"] = "trai
             path, split_name, holdout = cfg.eval_path, cfg.eval_split, False
         elif cfg.eval_holdout:
             pass
-        elif cfg.source == "synthetic":
+        elif cfg.source in ("synthetic", "shapes"):
             seed_offset = 1_000_003          # different images than the train split
         elif cfg.source == "datasets":
             split_name = cfg.eval_split      # the dataset's own validation split
@@ -186,7 +196,7 @@ def build_image_dataset(cfg: DataConfig, split: Literal["train", "eval"] = "trai
     source = _make_source(cfg, path, split_name, seed_offset)
     n = len(source) if not cfg.max_images else min(cfg.max_images, len(source))
 
-    if cfg.source == "synthetic":
+    if cfg.source in ("synthetic", "shapes"):
         report = ScanReport(total=n, kept=list(range(n)), counts={}, examples={})
     else:
         is_main = dist is None or dist.is_main
