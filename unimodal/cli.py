@@ -15,6 +15,13 @@ from unimodal.config import ConfigError
 # Module names under unimodal.commands, in the order `--help` lists them.
 COMMAND_MODULES = [
     "train",
+    "generate",
+    "caption",
+    "verify",
+    "sample",
+    "eval",
+    "stats",
+    "cache_latents",
 ]
 
 

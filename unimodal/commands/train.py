@@ -6,6 +6,10 @@ import importlib
 
 # stage name -> (module, help). Each module exposes `train(config_path, overrides, deepspeed_config)`.
 STAGES = {
+    "decoder": ("unimodal.train.decoder", "stage 1: the RAE pixel decoder on a frozen encoder"),
+    "dit": ("unimodal.train.dit", "stage 2: a class-conditional RAE-DiT (ImageNet-style data)"),
+    "pretrain": ("unimodal.train.pretrain", "unified text-to-image + understanding pretraining"),
+    "finetune": ("unimodal.train.finetune", "unified finetuning on high-quality data"),
 }
 
 

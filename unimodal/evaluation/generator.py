@@ -1,0 +1,109 @@
+"""The one adapter between the benchmark runners and a text-to-image model.
+
+Runners only see `ImageGenerator.generate(prompts, prompt_seeds, n=..., keep=...)`: per prompt, `n`
+candidates ranked best first (kept ones first), each with its candidate index, noise seed, judge
+scores and decoded image. `UnifiedGenerator` implements it over `unimodal.unified.generate`
+(best-of-N self-verification on latents, REFERENCE.md section 5); nothing else in
+`unimodal.evaluation` touches the unified model's API.
+
+Seeding (STYLE 13): the harness gives each prompt a seed derived from (run seed, global prompt
+index); candidate k's noise seed is then `sample_seed(prompt_seed, prompt, k)` (unified.decoding),
+so any image is regenerated from (run seed, prompt index, candidate index), whatever the batch,
+shard or N. Candidates 0..N-1 of a run with n = N are candidates 0..N-1 of any larger run.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+JUDGES = ("yes_prob", "likelihood")
+
+
+@dataclasses.dataclass
+class Candidate:
+    index: int                       # candidate number under the prompt's seed
+    seed: int                        # the noise seed (regenerates this image alone)
+    image: Image.Image | None        # decoded RGB image; None when not decoded
+    scores: dict[str, float]         # judge scores, e.g. {"yes_prob": .., "likelihood": ..}; {} without a judge
+    kept: bool
+
+
+class ImageGenerator(Protocol):
+    def generate(self, prompts: Sequence[str], prompt_seeds: Sequence[int], *, n: int, keep: int,
+                 decode_rejected: bool = False) -> list[list[Candidate]]:
+        """Per prompt: `n` candidates, best first by the judge (candidate index order without one);
+        the first `keep` are kept and decoded; the others are decoded when `decode_rejected`."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """Everything that determines the images besides prompts and seeds (recorded in summaries)."""
+        ...
+
+
+def tensor_to_pil(image: torch.Tensor) -> Image.Image:
+    """[3, H, W] in [0, 1] -> 8-bit RGB (rounded, as torchvision's save_image)."""
+    arr = image.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(np.ascontiguousarray(arr), "RGB")
+
+
+class UnifiedGenerator:
+    """`ImageGenerator` over a `UnifiedModel` and `unimodal.unified.generate.generate_images`."""
+
+    def __init__(self, model, *, judge: str | None = "yes_prob", num_steps: int | None = None,
+                 cfg_scale: float | None = None, batch_size: int = 16, model_path: str | None = None):
+        if judge is not None and judge not in JUDGES:
+            raise ValueError(f"judge must be one of {list(JUDGES)} or None, got {judge!r}")
+        self.model = model.eval()
+        self.judge = judge
+        self.num_steps = num_steps
+        self.cfg_scale = cfg_scale
+        self.batch_size = batch_size
+        self.model_path = model_path
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str = "cpu", **kwargs) -> "UnifiedGenerator":
+        from unimodal.unified.model import UnifiedModel
+
+        model = UnifiedModel.from_pretrained(path, map_location=device)
+        return cls(model, model_path=str(Path(path).resolve()), **kwargs)
+
+    def describe(self) -> dict[str, Any]:
+        cfg = self.model.config
+        return {"model_path": self.model_path, "judge": self.judge,
+                "num_steps": self.num_steps or cfg.num_steps,
+                "cfg_scale": cfg.cfg_scale if self.cfg_scale is None else self.cfg_scale,
+                "shift": cfg.shift}
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[str], prompt_seeds: Sequence[int], *, n: int, keep: int,
+                 decode_rejected: bool = False) -> list[list[Candidate]]:
+        from unimodal.unified.generate import generate_images
+
+        if len(prompts) != len(prompt_seeds):
+            raise ValueError(f"{len(prompts)} prompts but {len(prompt_seeds)} seeds")
+        judge = self.judge
+        out = []
+        # One call per prompt: generate_images takes one run seed for all its prompts, and each
+        # prompt here has its own (derived from its global index). The n candidates of a prompt
+        # still go through the DiT and the judge as one batch.
+        for prompt, seed in zip(prompts, prompt_seeds):
+            res = generate_images(self.model, prompt, n=n, keep=keep, judge=judge, seed=int(seed),
+                                  num_steps=self.num_steps, cfg_scale=self.cfg_scale, batch_size=self.batch_size)
+            cands = res.candidates[0]
+            rejected = [c for c in cands if not c.kept]
+            if decode_rejected and rejected:
+                for i in range(0, len(rejected), self.batch_size):
+                    chunk = rejected[i:i + self.batch_size]
+                    images = self.model.decode_latents(torch.stack([c.latent for c in chunk])).cpu()
+                    for c, im in zip(chunk, images):
+                        c.image = im
+            out.append([Candidate(index=c.index, seed=c.seed,
+                                  image=None if c.image is None else tensor_to_pil(c.image),
+                                  scores={} if judge is None else {"yes_prob": c.yes_prob, "likelihood": c.likelihood},
+                                  kept=c.kept) for c in cands])
+        return out
