@@ -1,0 +1,82 @@
+"""Flow matching as pure functions (RAE paper section 4, Scale-RAE section 3; STYLE 5).
+
+Convention: x_t = (1 - t) x + t eps, so t = 1 is pure noise and t = 0 is data; the network predicts
+the velocity v = dx_t/dt = eps - x; the loss is the plain per-element MSE.
+
+The dimension-dependent shift (RAE paper section 4.2; the resolution shift of Esser et al. 2024, SD3):
+alpha = sqrt(m / base) with m = tokens x channels and base 4096, and t' = alpha t / (1 + (alpha - 1) t).
+It moves both the training times and the sampling grid toward noise, because a high-dimensional
+latent keeps its signal visible at noise levels where a 4096-dim latent would already be gone.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Literal
+
+import torch
+import torch.nn.functional as F
+
+SHIFT_BASE = 4096
+TimeDist = Literal["logit_normal", "uniform"]
+
+
+def dimension_shift(num_tokens: int, channels: int, base: int = SHIFT_BASE) -> float:
+    """alpha = sqrt(tokens * channels / base): 6.93 for 256 x 768, 8.49 for 256 x 1152."""
+    if num_tokens < 1 or channels < 1 or base < 1:
+        raise ValueError(f"dimension_shift needs positive sizes, got tokens={num_tokens} channels={channels} base={base}")
+    return math.sqrt(num_tokens * channels / base)
+
+
+def shift_time(t: torch.Tensor, alpha: float) -> torch.Tensor:
+    """t' = alpha t / (1 + (alpha - 1) t); maps 0 -> 0 and 1 -> 1, and alpha = 1 is the identity."""
+    if alpha <= 0:
+        raise ValueError(f"shift alpha must be > 0, got {alpha}")
+    return alpha * t / (1 + (alpha - 1) * t)
+
+
+def sample_time(batch: int, *, dist: TimeDist = "logit_normal", shift: float = 1.0, mean: float = 0.0,
+                std: float = 1.0, generator: torch.Generator | None = None,
+                device: torch.device | str | None = None) -> torch.Tensor:
+    """Training times [B] in (0, 1): logit-normal(mean, std) (SD3, Esser et al. 2024) or uniform, then shifted."""
+    if dist == "logit_normal":
+        t = torch.sigmoid(mean + std * torch.randn(batch, generator=generator, device=device))
+    elif dist == "uniform":
+        t = torch.rand(batch, generator=generator, device=device)
+    else:
+        raise ValueError(f"unknown time distribution {dist!r}; use 'logit_normal' or 'uniform'")
+    return shift_time(t, shift)
+
+
+def interpolate(x: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """x_t = (1 - t) x + t eps, t [B] broadcast over the token and channel axes."""
+    tb = t.reshape(-1, *([1] * (x.dim() - 1))).to(x.dtype)
+    return (1 - tb) * x + tb * noise
+
+
+def velocity_target(x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    return noise - x
+
+
+def flow_matching_loss(model: Callable[..., torch.Tensor], x: torch.Tensor, cond: torch.Tensor | None,
+                       t: torch.Tensor, noise: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared error of the predicted velocity at (x_t, t); a scalar.
+
+    With unit-variance noise the per-element mean makes losses of different latent shapes
+    comparable (the width-rule bound (C - d) / C is stated in this unit).
+    """
+    pred = model(interpolate(x, noise, t), t, cond, drop=drop)
+    return F.mse_loss(pred.float(), velocity_target(x, noise).float())
+
+
+def sampling_times(num_steps: int, shift: float = 1.0) -> torch.Tensor:
+    """The ODE grid [num_steps + 1] from exactly 1 to exactly 0, uniform in t before the shift.
+
+    Computed in float64 and pinned at both ends, so the first model call sees t = 1 and the last
+    state lies at t = 0 (the Scale-RAE reference started below 1 and stopped near 0.008).
+    """
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    u = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)
+    grid = shift_time(u, shift)
+    grid[0], grid[-1] = 1.0, 0.0
+    return grid

@@ -1,0 +1,169 @@
+"""The RAE-DiT: LightningDiT, or DiT^DH when the config has a head (RAE paper section 5).
+
+`model(x_t, t, cond, drop=None) -> velocity` on latents [B, N, C]. Guidance is not here: the
+sampler builds the unconditional branch by passing `drop` (STYLE 5).
+
+Key layout (REFERENCE.md section 8), so an official Scale-RAE DiT converts by a rename:
+`x_embedder.proj` (a Linear here; the official 1x1 conv weight [D, C, 1, 1] reshapes to [D, C]),
+`pos_embed`, `t_embedder.mlp.{0,2}`, `y_embedder.{embedding_table | dropout_embedding}`,
+`dit_blocks.{i}.*` (body blocks first, then the DiT^DH head blocks, as in Scale-RAE's
+LightningDDT), `s_projector`, `s_embedder.proj`, `final_layer.*`. `feat_rope` tables and the
+Fourier frequencies are derived, hence not stored.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from unimodal.dit.blocks import (
+    DiTBlock,
+    FinalLayer,
+    FourierTimestepEmbedder,
+    LabelEmbedder,
+    Rope2D,
+    TokenConditionEmbedder,
+    sincos_2d_pos_embed,
+)
+from unimodal.dit.config import DiTConfig, swiglu_hidden
+from unimodal.utils.weights import load_pretrained_dir, load_state_dict_strict, save_pretrained_dir
+
+
+class TokenEmbed(nn.Module):
+    """Patch size 1: a per-token Linear(C -> D). Wrapped so the key reads `x_embedder.proj`."""
+
+    def __init__(self, in_channels: int, dim: int):
+        super().__init__()
+        self.proj = nn.Linear(in_channels, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+
+class DiT(nn.Module):
+    def __init__(self, config: DiTConfig):
+        super().__init__()
+        self.config = cfg = config
+        d, cd, grid = cfg.hidden_size, cfg.cond_dim, cfg.grid_size
+        self.x_embedder = TokenEmbed(cfg.in_channels, d)
+        # Fixed sin-cos positions stored as a persistent buffer: the official checkpoints hold them.
+        self.register_buffer("pos_embed", sincos_2d_pos_embed(d, grid)[None])  # [1, N, D]
+        self.t_embedder = FourierTimestepEmbedder(cd)
+        if cfg.cond_mode == "class":
+            self.y_embedder = LabelEmbedder(cfg.num_classes, cd)
+        elif cfg.cond_mode == "tokens":
+            self.y_embedder = TokenConditionEmbedder(cd, cfg.cond_in_dim)
+        else:
+            self.y_embedder = None
+        self.feat_rope = Rope2D(grid, d // cfg.num_heads, cfg.rope_theta)
+        blocks = [DiTBlock(d, cfg.num_heads, cd, swiglu_hidden(d, cfg.mlp_ratio)) for _ in range(cfg.depth)]
+        out_w, out_cond = d, cd
+        if cfg.is_dh:
+            hd = cfg.head_hidden_size
+            # The body output s (width D) becomes per-token conditioning of width D_dec; RAE uses no
+            # projection when the widths agree.
+            self.s_projector = nn.Linear(d, hd) if hd != d else nn.Identity()
+            self.s_embedder = TokenEmbed(cfg.in_channels, hd)  # the head re-embeds x_t itself
+            self.head_rope = Rope2D(grid, hd // cfg.head_num_heads, cfg.rope_theta)
+            blocks += [DiTBlock(hd, cfg.head_num_heads, hd, swiglu_hidden(hd, cfg.mlp_ratio)) for _ in range(cfg.head_depth)]
+            out_w, out_cond = hd, hd
+        self.dit_blocks = nn.ModuleList(blocks)
+        self.final_layer = FinalLayer(out_w, cfg.in_channels, out_cond)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """LightningDiT init: xavier Linear, N(0, 0.02) label table and t-MLP, adaLN-Zero: every
+        modulation and the final linear start at zero, so the untrained model predicts v = 0."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        if isinstance(self.y_embedder, LabelEmbedder):
+            nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        for block in self.dit_blocks:
+            nn.init.zeros_(block.adaLN_modulation[1].weight)
+            nn.init.zeros_(block.adaLN_modulation[1].bias)
+        for lin in (self.final_layer.adaLN_modulation[1], self.final_layer.linear):
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    # ------------------------------------------------------------------ conditioning
+
+    def sample_drop(self, batch: int, device: torch.device) -> torch.Tensor | None:
+        """Training-time CFG dropout mask [B] (None when there is nothing to drop)."""
+        if self.y_embedder is None or self.config.cond_dropout == 0:
+            return None
+        return torch.rand(batch, device=device) < self.config.cond_dropout
+
+    def embed_condition(self, t_emb: torch.Tensor, cond: torch.Tensor | None,
+                        drop: torch.Tensor | None) -> torch.Tensor:
+        """c = silu(t_emb + y): [B, Dc] (class / none) or [B, N, Dc] (tokens), the reference's
+        `cond_silu`. The blocks apply SiLU again inside adaLN_modulation, as the official ones do."""
+        cfg = self.config
+        if cfg.cond_mode == "none":
+            if cond is not None or drop is not None:
+                raise ValueError("this DiT is unconditional (cond_mode 'none') but a condition or drop mask was given")
+            return F.silu(t_emb)
+        if cond is None:
+            raise ValueError(f"cond_mode {cfg.cond_mode!r} needs a condition; for the null condition pass any "
+                             "condition of the right shape with drop=True")
+        B = t_emb.shape[0]
+        if cfg.cond_mode == "class":
+            if cond.shape != (B,) or cond.dtype not in (torch.int32, torch.int64):
+                raise ValueError(f"class labels must be an integer tensor [{B}], got {cond.dtype} {tuple(cond.shape)}")
+            return F.silu(t_emb + self.y_embedder(cond, drop))                # [B, Dc]
+        width = cfg.cond_in_dim or cfg.cond_dim
+        if cond.dim() != 3 or cond.shape[0] != B or cond.shape[1] != cfg.num_tokens or cond.shape[2] != width:
+            raise ValueError(f"token condition must be [{B}, {cfg.num_tokens}, {width}], got {tuple(cond.shape)}")
+        return F.silu(t_emb[:, None, :] + self.y_embedder(cond, drop))        # [B, N, Dc]
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor | None = None,
+                drop: torch.Tensor | None = None) -> torch.Tensor:
+        """x: noisy latent [B, N, C]; t: [B] or scalar in [0, 1], 1 = pure noise; cond: labels [B]
+        or token condition [B, N, Dc] or None; drop: bool [B], True = use the null condition.
+        In training mode with `drop=None` the mask is sampled with p = cond_dropout.
+        Returns the predicted velocity eps - x0 [B, N, C]."""
+        cfg = self.config
+        if x.dim() != 3 or x.shape[1] != cfg.num_tokens or x.shape[2] != cfg.in_channels:
+            raise ValueError(f"latent must be [B, {cfg.num_tokens}, {cfg.in_channels}], got {tuple(x.shape)}")
+        B = x.shape[0]
+        t = torch.as_tensor(t, device=x.device, dtype=torch.float32)
+        t = t.expand(B) if t.dim() == 0 else t
+        if t.shape != (B,):
+            raise ValueError(f"t must be a scalar or [{B}], got {tuple(t.shape)}")
+        if drop is None and self.training:
+            drop = self.sample_drop(B, x.device)
+        elif drop is not None and (drop.shape != (B,) or drop.dtype != torch.bool):
+            raise ValueError(f"drop must be a bool tensor [{B}], got {drop.dtype} {tuple(drop.shape)}")
+
+        t_emb = self.t_embedder(t)                                           # [B, Dc]
+        c = self.embed_condition(t_emb, cond, drop)                         # [B, Dc] or [B, N, Dc]
+        h = self.x_embedder(x) + self.pos_embed.to(x.dtype)                  # [B, N, D]
+        for block in self.dit_blocks[:cfg.depth]:
+            h = block(h, c, self.feat_rope)
+        if not cfg.is_dh:
+            return self.final_layer(h, c)                                    # [B, N, C]
+        # DiT^DH (RAE section 5): s = silu(body + t_emb) conditions each head token separately.
+        s = self.s_projector(F.silu(h + t_emb[:, None, :].to(h.dtype)))     # [B, N, D_dec]
+        z = self.s_embedder(x)                                               # [B, N, D_dec]
+        for block in self.dit_blocks[cfg.depth:]:
+            z = block(z, s, self.head_rope)
+        return self.final_layer(z, s)                                        # [B, N, C]
+
+    # ------------------------------------------------------------------ save / load
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        save_pretrained_dir(directory, self.config, self.state_dict())
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> "DiT":
+        config, state = load_pretrained_dir(directory, DiTConfig)
+        model = cls(config)
+        load_state_dict_strict(model, state, source=str(directory))
+        return model.to(map_location)
