@@ -1,0 +1,64 @@
+"""Shared helpers of the generate / caption / verify commands: loading the model and inputs, and
+writing outputs under names that never overwrite an existing file (the Scale-RAE sampler's
+outputs overwrote each other)."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+
+LATENT_KEY = "latent"
+
+
+def add_model_args(parser) -> None:
+    parser.add_argument("--model", required=True, help="unified model directory (UnifiedModel.save_pretrained / a stage's export)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+
+
+def load_model(args):
+    from unimodal.unified.model import UnifiedModel
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return UnifiedModel.from_pretrained(args.model, map_location=device).eval()
+
+
+def load_image(path: str | os.PathLike) -> torch.Tensor:
+    """An image file -> [3, H, W] float in [0, 1]."""
+    import numpy as np
+
+    from unimodal.data.images import load_rgb
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no such image: {path}")
+    img = load_rgb(str(path))
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
+
+
+def load_latent(path: str | os.PathLike) -> torch.Tensor:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+    if LATENT_KEY not in tensors:
+        raise ValueError(f"{path}: no '{LATENT_KEY}' tensor (keys: {sorted(tensors)})")
+    return tensors[LATENT_KEY]
+
+
+def slug(text: str, limit: int = 48) -> str:
+    s = re.sub(r"[^a-zA-Z0-9]+", "-", text.lower()).strip("-")
+    return s[:limit].rstrip("-") or "prompt"
+
+
+def claim(directory: Path, stem: str, suffix: str) -> Path:
+    """Create and return `directory/stem{-k}{suffix}` for the first k that does not exist yet
+    (atomic exclusive create, so two runs writing to one folder cannot take the same name)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for k in range(100000):
+        path = directory / (f"{stem}{suffix}" if k == 0 else f"{stem}-{k}{suffix}")
+        try:
+            with open(path, "xb"):
+                return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"no free file name for {stem}{suffix} in {directory}")

@@ -1,0 +1,30 @@
+"""`unimodal verify IMAGE_OR_LATENT "PROMPT" --model DIR`: the model's own judgement of a match.
+
+Prints one JSON object: `yes_prob` (P(yes) vs "no" for "Does this image align with the prompt: {p}?")
+and `likelihood` (mean log-prob of the prompt as the description of the image), both read from
+the latent without decoding it.
+"""
+from __future__ import annotations
+
+import json
+
+from unimodal.commands._unified_io import add_model_args, load_model
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("verify", help="self-verification: does an image (or latent) match a prompt?")
+    p.add_argument("input", metavar="IMAGE_OR_LATENT")
+    p.add_argument("prompt", metavar="PROMPT")
+    add_model_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from unimodal.commands.caption import latents_of
+    from unimodal.unified.generate import verify
+
+    model = load_model(args)
+    scores = verify(model, latents_of(model, [args.input]), [args.prompt])
+    print(json.dumps({"input": args.input, "prompt": args.prompt, "yes_prob": float(scores.yes_prob[0]),
+                      "likelihood": float(scores.likelihood[0])}))
+    return 0

@@ -1,0 +1,179 @@
+"""Text-to-image with best-of-N self-verification, captioning and verification on latents.
+
+Self-verification (Scale-RAE section 5; REFERENCE.md section 5) reads the *latent*, never pixels:
+- yes-prob: P(yes) = softmax over the (yes, no) logits of the first answer token after
+  "Does this image align with the prompt: {p}?";
+- likelihood: the mean log-prob of the prompt's tokens, teacher forced as the answer to
+  "Describe this image." (higher = better match; the paper reports it as a lower CE).
+Every candidate's noise comes from `sample_seed(seed, prompt, index)`, so a kept image can be
+regenerated alone from those three values.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal, Sequence
+
+import torch
+
+from unimodal.unified.chat import CAPTION_QUESTION, IGNORE, ImageIn, Message, collate
+from unimodal.unified.decoding import decode_text, sample_latents, sample_seed
+
+Judge = Literal["yes_prob", "likelihood"]
+
+
+@dataclasses.dataclass
+class Candidate:
+    prompt: str
+    index: int                       # candidate number under (seed, prompt)
+    seed: int                        # the noise seed: sample_seed(run seed, prompt, index)
+    latent: torch.Tensor             # [N, C]
+    image: torch.Tensor | None       # [3, S, S] in [0, 1]; decoded for kept candidates only
+    yes_prob: float | None = None
+    likelihood: float | None = None
+    kept: bool = True
+
+
+@dataclasses.dataclass
+class GenerateOutput:
+    prompts: list[str]
+    candidates: list[list[Candidate]]  # per prompt, best first by `judge` (index order without one)
+    judge: str | None
+    p_image_start: list[float]         # the model's own P(<|vision_start|>) after each request
+
+    def kept(self, i: int) -> list[Candidate]:
+        return [c for c in self.candidates[i] if c.kept]
+
+
+@dataclasses.dataclass
+class CaptionOutput:
+    texts: list[str]
+    token_ids: list[list[int]]
+
+
+@dataclasses.dataclass
+class VerifyOutput:
+    yes_prob: torch.Tensor      # [B]
+    likelihood: torch.Tensor    # [B] mean token log-prob of the prompt
+
+
+# ---------------------------------------------------------------------- conditioning
+@torch.no_grad()
+def query_condition(model, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One LLM pass over "Generate an image: {p}" + an assistant image span of queries.
+    Returns the DiT conditioning [P, N, Dc] and P(<|vision_start|>) at the turn's start [P]."""
+    chat = model.chat
+    batch = collate([chat.encode(chat.generate_chat(p, target=-1)) for p in prompts], chat.pad_id, "left")
+    batch = batch.to(model.device)
+    out = model(batch)
+    # The row's first query sits right after its assistant <|vision_start|>; the logits that
+    # predict that token are two positions before the first query.
+    first = batch.write_mask.int().argmax(dim=1)                              # [P]
+    rows = torch.arange(len(prompts), device=model.device)
+    logits = model.logits(out.hidden[rows, first - 2]).float()
+    p_start = torch.softmax(logits, -1)[:, chat.image_start]
+    return model.condition(out.query_hidden), p_start
+
+
+# ---------------------------------------------------------------------- verification
+@torch.no_grad()
+def judge_yes_prob(model, latents: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+    """P(yes) against "no" for each (latent, prompt) pair; latents [B, N, C]."""
+    chat = model.chat
+    encoded = [chat.encode(chat.judge_chat(i, p), add_generation_prompt=True) for i, p in enumerate(prompts)]
+    batch = collate(encoded, chat.pad_id, "left").to(model.device)
+    hidden = model(batch, latents.to(model.device)).hidden
+    logits = model.logits(hidden[:, -1]).float()
+    pair = logits[:, [chat.yes_id, chat.no_id]]
+    return torch.softmax(pair, -1)[:, 0].cpu()
+
+
+@torch.no_grad()
+def prompt_likelihood(model, latents: torch.Tensor, prompts: Sequence[str],
+                      question: str = CAPTION_QUESTION) -> torch.Tensor:
+    """Mean log-prob of the prompt's tokens as the answer to `question` about each latent."""
+    chat = model.chat
+    encoded = [chat.encode(chat.caption_chat(i, p, question)) for i, p in enumerate(prompts)]
+    batch = collate(encoded, chat.pad_id, "right").to(model.device)
+    hidden = model(batch, latents.to(model.device)).hidden
+    targets = batch.labels[:, 1:]
+    sel = (targets != IGNORE) & (targets != chat.im_end)                       # the prompt tokens only
+    logp = torch.log_softmax(model.logits(hidden[:, :-1]).float(), -1)
+    tok = logp.gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1) * sel
+    return (tok.sum(1) / sel.sum(1).clamp(min=1)).cpu()
+
+
+def verify(model, latents: torch.Tensor, prompts: Sequence[str], batch_size: int = 16) -> VerifyOutput:
+    ys, ls = [], []
+    for i in range(0, len(prompts), batch_size):
+        ys.append(judge_yes_prob(model, latents[i:i + batch_size], prompts[i:i + batch_size]))
+        ls.append(prompt_likelihood(model, latents[i:i + batch_size], prompts[i:i + batch_size]))
+    return VerifyOutput(torch.cat(ys), torch.cat(ls))
+
+
+# ---------------------------------------------------------------------- generation
+@torch.no_grad()
+def generate_images(model, prompts: Sequence[str] | str, *, n: int = 1, keep: int | None = None,
+                    judge: Judge | None = "yes_prob", seed: int = 0, num_steps: int | None = None,
+                    cfg_scale: float | None = None, decode: bool = True, batch_size: int = 16) -> GenerateOutput:
+    """`n` candidates per prompt, scored by both judges when `judge` is set, the best `keep`
+    (default all) decoded to images. The LLM runs once per prompt; only the DiT noise differs."""
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    keep = n if keep is None else keep
+    if n < 1 or not 1 <= keep <= n:
+        raise ValueError(f"need n >= 1 and 1 <= keep <= n, got n={n} keep={keep}")
+    if judge is None and keep < n:
+        raise ValueError("keeping fewer than n candidates needs a judge ('yes_prob' or 'likelihood')")
+    if judge not in (None, "yes_prob", "likelihood"):
+        raise ValueError(f"judge must be 'yes_prob', 'likelihood' or None, got {judge!r}")
+    model.eval()
+    conds, p_start = [], []
+    for i in range(0, len(prompts), batch_size):
+        c, p = query_condition(model, prompts[i:i + batch_size])
+        conds.append(c)
+        p_start.append(p.cpu())
+    cond = torch.cat(conds).repeat_interleave(n, dim=0)                        # [P * n, N, Dc]
+    flat_prompts = [p for p in prompts for _ in range(n)]
+    seeds = [sample_seed(seed, p, k) for p in prompts for k in range(n)]
+    latents = sample_latents(model, cond, seeds, num_steps=num_steps, cfg_scale=cfg_scale, batch_size=batch_size)
+    scores = verify(model, latents, flat_prompts, batch_size) if judge is not None else None
+
+    out: list[list[Candidate]] = []
+    for pi, prompt in enumerate(prompts):
+        cands = []
+        for k in range(n):
+            j = pi * n + k
+            cands.append(Candidate(prompt, k, seeds[j], latents[j].cpu(), None,
+                                   None if scores is None else float(scores.yes_prob[j]),
+                                   None if scores is None else float(scores.likelihood[j])))
+        if judge is not None:
+            cands.sort(key=lambda c: -getattr(c, judge))                       # stable: ties keep index order
+        for r, c in enumerate(cands):
+            c.kept = r < keep
+        if decode:
+            kept = [c for c in cands if c.kept]
+            images = model.decode_latents(torch.stack([c.latent for c in kept])).cpu()
+            for c, im in zip(kept, images):
+                c.image = im
+        out.append(cands)
+    return GenerateOutput(prompts, out, judge, [float(p) for p in torch.cat(p_start)])
+
+
+@torch.no_grad()
+def caption(model, images: torch.Tensor | None = None, latents: torch.Tensor | None = None, *,
+            question: str = CAPTION_QUESTION, max_new_tokens: int = 64, temperature: float = 0.0,
+            top_p: float = 1.0, seed: int = 0, use_cache: bool = True) -> CaptionOutput:
+    """Answer `question` about each image ([B, 3, H, W] in [0, 1]) or latent ([B, N, C])."""
+    if (images is None) == (latents is None):
+        raise ValueError("caption takes images or latents (exactly one)")
+    model.eval()
+    if latents is None:
+        latents = model.encode_images(images)
+    chat = model.chat
+    encoded = [chat.encode([Message("user", [ImageIn(i), question])], add_generation_prompt=True)
+               for i in range(latents.shape[0])]
+    batch = collate(encoded, chat.pad_id, "left")
+    gen = torch.Generator().manual_seed(int(seed))
+    ids = decode_text(model, batch, latents.to(model.device), max_new_tokens=max_new_tokens, temperature=temperature,
+                      top_p=top_p, generator=gen, use_cache=use_cache)
+    return CaptionOutput([chat.decode(t) for t in ids], ids)
+
