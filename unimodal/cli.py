@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "eval",
     "stats",
     "cache_latents",
+    "convert",
 ]
 
 
