@@ -166,10 +166,14 @@ def test_rae_equal_widths_need_the_head_depth():
     torch.testing.assert_close(to_image(build(cfg, out)(X, T, labels)), ref, atol=2e-5, rtol=1e-5)
 
 
-def test_rae_random_fourier_frequencies_fail_loudly():
-    src = rae_ddt_source(w=torch.randn(256))
-    with pytest.raises(ConversionError, match="t_embedder.W differs.*store its frequencies"):
-        convert_dit(src, "rae")
+def test_rae_random_fourier_frequencies_are_stored_and_used():
+    w = torch.randn(256, generator=torch.Generator().manual_seed(7))
+    src = rae_ddt_source(w=w)
+    cfg, out = convert_dit(src, "rae")
+    assert cfg.store_fourier_frequencies and torch.equal(out["t_embedder.W"], w)
+    labels = torch.tensor([3, 10])
+    ref = rae_ddt_forward(src, to_image(X), T, labels, heads=2, head_heads=4, body_depth=2)
+    torch.testing.assert_close(to_image(build(cfg, out)(X, T, labels)), ref, atol=2e-5, rtol=1e-5)
 
 
 def test_rae_checkpoint_ema_or_model(tmp_path):

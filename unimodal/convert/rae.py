@@ -11,9 +11,8 @@ three places (REFERENCE.md section 8 and the reference code):
 - the embedders are 1x1 convs over the [B, C, H, W] latent -> Linear over row-major tokens.
 
 Derived buffers are checked, not loaded: ``enc_feat_rope`` / ``dec_feat_rope`` against our RoPE
-tables and ``t_embedder.W`` against the seed-114514 frequencies our DiT regenerates. RAE drew W
-from the global RNG, so a real RAE checkpoint fails that check until the DiT can store its own
-frequencies; the error says so instead of producing a model with the wrong time embedding.
+tables. ``t_embedder.W`` is copied: RAE drew it from the global RNG (unlike Scale-RAE's seeded
+frequencies), so the converted DiT is built with `store_fourier_frequencies=True`.
 The time convention needs no change: RAE's linear path is x_t = (1 - t) x + t eps with velocity
 eps - x, exactly ours. RAE's plain LightningDiT (no DDT head) is not supported: it conditions with
 t + y where ours (and Scale-RAE) use silu(t + y).
@@ -44,7 +43,6 @@ from unimodal.convert.lightning import (
     check_mlp_ratio,
     count_blocks,
     final_layer_rules,
-    fourier_check_rule,
     heads_from_rope,
     need,
     rope_check_rules,
@@ -120,6 +118,7 @@ def dit_config_from_rae(state: Mapping[str, torch.Tensor], where: str, head_dept
         check_mlp_ratio(state, f"blocks.{i}.mlp.w12.weight", w)
     try:
         return DiTConfig(in_channels=int(c), num_tokens=int(n), hidden_size=int(d_body), depth=total - head_depth,
+                         store_fourier_frequencies=True,
                          num_heads=heads_from_rope(need(state, "enc_feat_rope.freqs_cos", where), d_body, "enc_feat_rope.freqs_cos"),
                          head_hidden_size=int(d_head), head_depth=head_depth,
                          head_num_heads=heads_from_rope(need(state, "dec_feat_rope.freqs_cos", where), d_head, "dec_feat_rope.freqs_cos"),
@@ -136,8 +135,7 @@ def dit_plan(cfg: DiTConfig, has_projector: bool) -> list[Rule]:
         Rule("s_embedder.proj.weight", ("x_embedder.proj.weight",), conv1x1_to_linear("x_embedder.proj.weight")),
         copy("s_embedder.proj.bias", "x_embedder.proj.bias"),
         verified_copy("pos_embed", sincos_2d_pos_embed(cfg.hidden_size, grid)[None], "our 2D sin-cos position table"),
-        fourier_check_rule("t_embedder.W", "RAE draws W from the global RNG; the DiT must store its frequencies "
-                                           "to represent this checkpoint (a DiT feature, not a converter one)"),
+        copy("t_embedder.W"),  # RAE drew W from the global RNG: the converted DiT stores it
         copy("y_embedder.embedding_table.weight"),
         *[copy(f"t_embedder.mlp.{i}.{p}") for i in (0, 2) for p in ("weight", "bias")],
         *rope_check_rules("enc_feat_rope.", grid, cfg.hidden_size // cfg.num_heads, cfg.rope_theta),

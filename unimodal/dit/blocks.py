@@ -107,16 +107,17 @@ def sincos_2d_pos_embed(dim: int, grid: int) -> torch.Tensor:
 class FourierTimestepEmbedder(nn.Module):
     """[sin, cos](2 pi t W) with 256 Gaussian frequencies W, then MLP(512 -> D -> D).
 
-    W is regenerated from seed 114514 exactly as the Scale-RAE reference does, so it is a
+    W is regenerated from seed 114514 exactly as the Scale-RAE reference does, so by default it is a
     non-persistent buffer: absent from checkpoints (the official ones do not store it either) yet
-    moved with the module. Casting the whole module to bf16 casts W too, as the reference does;
+    moved with the module. With `persistent=True` it is part of the state dict, for checkpoints
+    whose frequencies were drawn otherwise (RAE ImageNet). Casting the whole module to bf16 casts W too, as the reference does;
     run under autocast to keep it in fp32.
     """
 
-    def __init__(self, dim: int, size: int = FOURIER_SIZE, seed: int = FOURIER_SEED):
+    def __init__(self, dim: int, size: int = FOURIER_SIZE, seed: int = FOURIER_SEED, persistent: bool = False):
         super().__init__()
         gen = torch.Generator(device="cpu").manual_seed(seed)
-        self.register_buffer("W", torch.normal(0.0, 1.0, (size,), generator=gen, device="cpu"), persistent=False)
+        self.register_buffer("W", torch.normal(0.0, 1.0, (size,), generator=gen, device="cpu"), persistent=persistent)
         self.mlp = nn.Sequential(nn.Linear(2 * size, dim), nn.SiLU(), nn.Linear(dim, dim))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:

@@ -39,6 +39,9 @@ class DiTConfig(Config):
     cond_dropout: float = 0.1        # training-time probability of the null condition (CFG)
     rope_theta: float = 10000.0
     allow_narrow: bool = False       # permit output width < in_channels (width-rule experiments only)
+    # Scale-RAE regenerates the Fourier frequencies from a seed; RAE (ImageNet) drew them from the
+    # global RNG, so a converted RAE DiT must carry them in its state dict.
+    store_fourier_frequencies: bool = False
 
     def __post_init__(self) -> None:
         for name in ("in_channels", "num_tokens", "hidden_size", "depth", "num_heads"):

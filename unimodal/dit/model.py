@@ -50,7 +50,7 @@ class DiT(nn.Module):
         self.x_embedder = TokenEmbed(cfg.in_channels, d)
         # Fixed sin-cos positions stored as a persistent buffer: the official checkpoints hold them.
         self.register_buffer("pos_embed", sincos_2d_pos_embed(d, grid)[None])  # [1, N, D]
-        self.t_embedder = FourierTimestepEmbedder(cd)
+        self.t_embedder = FourierTimestepEmbedder(cd, persistent=cfg.store_fourier_frequencies)
         if cfg.cond_mode == "class":
             self.y_embedder = LabelEmbedder(cfg.num_classes, cd)
         elif cfg.cond_mode == "tokens":
