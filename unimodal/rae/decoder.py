@@ -1,0 +1,195 @@
+"""The RAE pixel decoder: an MAE-style ViT from latent tokens [B, N, C] to pixels (RAE paper, sec. 3).
+
+Linear(C -> D), a trainable CLS token prepended, fixed 2D sin-cos positions (MAE layout, zero row
+for the CLS slot), L pre-LN transformer layers with a GELU MLP, final LN, Linear(D -> p*p*3), CLS
+dropped, unpatchify. The output lives in the encoder's normalised pixel space; the RAE maps it
+back to [0, 1] with the encoder's pixel mean/std.
+
+Parameter names follow the official decoder checkpoints (``nyu-visionx/siglip2_decoder``
+``model.pt``, REFERENCE.md section 8) one to one: ``decoder_embed``, ``decoder_pos_embed``,
+``trainable_cls_token``, ``decoder_layers.{i}.attention.attention.{query,key,value}``,
+``decoder_layers.{i}.attention.output.dense``, ``decoder_layers.{i}.intermediate.dense``,
+``decoder_layers.{i}.output.dense``, ``decoder_layers.{i}.layernorm_{before,after}``,
+``decoder_norm``, ``decoder_pred``. A converter therefore only strips the file's key prefix.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from unimodal.config import Config, ConfigError
+from unimodal.dit.blocks import sincos_2d_pos_embed  # shared with the DiT (same MAE layout)
+
+
+@dataclasses.dataclass
+class DecoderConfig(Config):
+    in_channels: int = 1152         # latent channels C (= encoder hidden size)
+    grid_size: int = 16             # latent token grid; N = grid_size ** 2
+    patch_size: int = 14            # decoder patch p; output resolution = grid_size * p
+    hidden_size: int = 1152
+    num_layers: int = 28
+    num_heads: int = 16
+    intermediate_size: int = 4096
+    layer_norm_eps: float = 1e-12   # ViTMAE's eps, used by the official decoders
+    noise_tau: float = 0.0          # training-only latent noise scale (RAE: 0.8; Scale-RAE: 0)
+
+    def __post_init__(self) -> None:
+        for name in ("in_channels", "grid_size", "patch_size", "hidden_size", "num_layers", "num_heads", "intermediate_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"decoder.{name} must be >= 1, got {getattr(self, name)}")
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(f"decoder.hidden_size ({self.hidden_size}) must be divisible by decoder.num_heads ({self.num_heads})")
+        if self.hidden_size % 4:
+            raise ConfigError(f"decoder.hidden_size ({self.hidden_size}) must be a multiple of 4 for 2D sin-cos positions")
+        if self.noise_tau < 0:
+            raise ConfigError(f"decoder.noise_tau must be >= 0, got {self.noise_tau}")
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid_size ** 2
+
+    @property
+    def image_size(self) -> int:
+        return self.grid_size * self.patch_size
+
+
+# name -> (hidden, layers, heads, MLP) (REFERENCE.md section 2 decoder table).
+DECODER_PRESETS: dict[str, dict[str, int]] = {
+    "tiny": dict(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128),
+    "ViT-B": dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072),
+    "ViT-L": dict(hidden_size=1024, num_layers=24, num_heads=16, intermediate_size=4096),
+    "ViT-XL": dict(hidden_size=1152, num_layers=28, num_heads=16, intermediate_size=4096),
+}
+
+
+def decoder_preset(name: str, **changes: Any) -> DecoderConfig:
+    if name not in DECODER_PRESETS:
+        raise ConfigError(f"unknown decoder preset {name!r}; choose one of {sorted(DECODER_PRESETS)}")
+    return DecoderConfig.from_dict({**DECODER_PRESETS[name], **changes})
+
+
+def decoder_param_count(config: DecoderConfig) -> int:
+    """Trainable parameters, by formula (lets tests check the big presets without allocating them)."""
+    d, m, c, out = config.hidden_size, config.intermediate_size, config.in_channels, config.patch_size ** 2 * 3
+    layer = 4 * (d * d + d) + (d * m + m) + (m * d + d) + 2 * 2 * d
+    return (c * d + d) + d + config.num_layers * layer + 2 * d + (d * out + out)
+
+
+def sincos_pos_embed_2d(dim: int, grid_size: int) -> torch.Tensor:
+    """MAE's fixed 2D sin-cos table with a zero row for the CLS slot, [grid^2 + 1, dim].
+
+    The layout of the official MAE code (He et al. 2022, `get_2d_sincos_pos_embed(cls_token=True)`),
+    which the DiT shares: first half of the channels = column, second half = row, row-major tokens.
+    """
+    return torch.cat([torch.zeros(1, dim), sincos_2d_pos_embed(dim, grid_size)], dim=0)
+
+
+def add_latent_noise(z: torch.Tensor, tau: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """RAE noise-augmented decoding: z + sigma * eps, sigma = tau * U(0, 1) per sample (RAE sec. 3.2)."""
+    sigma = tau * torch.rand(z.shape[0], *([1] * (z.ndim - 1)), device=z.device, dtype=z.dtype, generator=generator)
+    return z + sigma * torch.randn(z.shape, device=z.device, dtype=z.dtype, generator=generator)
+
+
+class _SelfAttention(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.query = nn.Linear(dim, dim)
+        self.key = nn.Linear(dim, dim)
+        self.value = nn.Linear(dim, dim)
+
+
+class _Dense(nn.Module):
+    """A holder giving the `...output.dense` key names of the ViTMAE layout."""
+
+    def __init__(self, d_in: int, d_out: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(d_in, d_out)
+
+
+class _Attention(nn.Module):
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.attention = _SelfAttention(dim)
+        self.output = _Dense(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        heads = lambda t: t.view(b, n, self.num_heads, d // self.num_heads).transpose(1, 2)  # noqa: E731
+        q, k, v = (heads(lin(x)) for lin in (self.attention.query, self.attention.key, self.attention.value))
+        out = F.scaled_dot_product_attention(q, k, v)      # [B, heads, N, d/heads]
+        return self.output.dense(out.transpose(1, 2).reshape(b, n, d))
+
+
+class DecoderLayer(nn.Module):
+    """Pre-LN transformer layer: x + attn(LN(x)); x + MLP(LN(x)), GELU (erf) MLP as in ViTMAE."""
+
+    def __init__(self, config: DecoderConfig) -> None:
+        super().__init__()
+        d, eps = config.hidden_size, config.layer_norm_eps
+        self.layernorm_before = nn.LayerNorm(d, eps=eps)
+        self.attention = _Attention(d, config.num_heads)
+        self.layernorm_after = nn.LayerNorm(d, eps=eps)
+        self.intermediate = _Dense(d, config.intermediate_size)
+        self.output = _Dense(config.intermediate_size, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attention(self.layernorm_before(x))
+        return x + self.output.dense(F.gelu(self.intermediate.dense(self.layernorm_after(x))))
+
+
+class RAEDecoder(nn.Module):
+    def __init__(self, config: DecoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        d, p = config.hidden_size, config.patch_size
+        self.decoder_embed = nn.Linear(config.in_channels, d)
+        # Fixed, so a buffer: saved with the weights (the official checkpoints store it) but never optimised.
+        self.register_buffer("decoder_pos_embed", sincos_pos_embed_2d(d, config.grid_size).unsqueeze(0))
+        self.trainable_cls_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.decoder_layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_layers))
+        self.decoder_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.decoder_pred = nn.Linear(d, p * p * 3)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # MAE initialisation: xavier-uniform linears with zero bias, N(0, 0.02) CLS token, unit LNs.
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.normal_(self.trainable_cls_token, std=0.02)
+
+    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, g*g, p*p*3] -> [B, 3, g*p, g*p]; each token's vector is (row, col, channel) ordered."""
+        b, g, p = x.shape[0], self.config.grid_size, self.config.patch_size
+        x = x.view(b, g, g, p, p, 3)
+        return x.permute(0, 5, 1, 3, 2, 4).reshape(b, 3, g * p, g * p)
+
+    def patchify(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, 3, g*p, g*p] -> [B, g*g, p*p*3]: the inverse (and the adjoint) of unpatchify."""
+        b, g, p = images.shape[0], self.config.grid_size, self.config.patch_size
+        x = images.reshape(b, 3, g, p, g, p)
+        return x.permute(0, 2, 4, 3, 5, 1).reshape(b, g * g, p * p * 3)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        if z.ndim != 3 or z.shape[1:] != (cfg.num_tokens, cfg.in_channels):
+            raise ValueError(f"decoder expects latents [B, {cfg.num_tokens}, {cfg.in_channels}], got {tuple(z.shape)}")
+        if self.training and cfg.noise_tau > 0:
+            z = add_latent_noise(z, cfg.noise_tau)
+        x = self.decoder_embed(z)                                          # [B, N, D]
+        cls = self.trainable_cls_token.expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1) + self.decoder_pos_embed            # [B, N+1, D]
+        for layer in self.decoder_layers:
+            x = layer(x)
+        x = self.decoder_pred(self.decoder_norm(x))[:, 1:]                  # [B, N, p*p*3]
+        return self.unpatchify(x)                                          # [B, 3, g*p, g*p]
+
