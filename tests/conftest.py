@@ -13,3 +13,14 @@ def geneval_metadata_path() -> Path:
     if not GENEVAL_METADATA.is_file():
         pytest.skip(f"official GenEval metadata not found at {GENEVAL_METADATA}")
     return GENEVAL_METADATA
+
+
+def pytest_configure(config):
+    # Tiny models gain nothing from intra-op threads, and on a shared 2-core CPU OpenMP spinning
+    # made single tests up to 100x slower. Subprocesses (DeepSpeed, CLI) inherit the variable.
+    import os
+
+    import torch
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)

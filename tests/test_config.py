@@ -43,6 +43,7 @@ def test_yaml_and_overrides(tmp_path):
     path.write_text("name: exp\ninner:\n  width: 4\n")
     cfg = load_config(Outer, path, ["--lr=0.5", "inner.kind=b", "--betas=[0.8, 0.99]"])
     assert cfg == Outer(name="exp", lr=0.5, betas=(0.8, 0.99), inner=Inner(width=4, kind="b"))
+    assert load_config(Outer, path, ["--lr=2e-4"]).lr == 2e-4  # YAML 1.1 reads 2e-4 as a string
 
 
 @pytest.mark.parametrize("override, message", [

@@ -21,15 +21,6 @@ def randomize(model: torch.nn.Module, seed: int = 0, std: float = 0.1) -> torch.
     return model
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared CPU OpenMP spinning made
-    the overfit test ~100x slower; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 # ----------------------------------------------------------------------------- presets and config
 

@@ -19,14 +19,6 @@ from unimodal.train import dit as dit_stage
 from unimodal.train.checkpoint import list_checkpoints
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads; on a shared CPU OpenMP spinning costs minutes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def rae_dir(tmp_path_factory):

@@ -17,14 +17,6 @@ SHORT = ["data.synthetic_images=16", "train.batch_size=4", "train.grad_accum=2",
          "train.keep_checkpoints=10", "train.sample_every=4", "train.ema_decay=0.9"]
 
 
-@pytest.fixture
-def one_thread():
-    # Tiny models on a shared CPU run far faster (and identically) on one thread.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def _rows(run_dir):
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
@@ -35,7 +27,7 @@ def _losses(rows, after):
     return [{k: v for k, v in r.items() if k not in drop} for r in rows if r["step"] > after]
 
 
-def test_resume_continues_the_exact_loss_sequence(tmp_path, one_thread):
+def test_resume_continues_the_exact_loss_sequence(tmp_path):
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     train(str(CONFIG), SHORT + [f"train.run_dir={full}"])
     rows = _rows(full)
@@ -67,7 +59,7 @@ def test_stage_config_checks():
 
 
 @pytest.mark.slow
-def test_tiny_decoder_overfits_a_handful_of_images(tmp_path, one_thread):
+def test_tiny_decoder_overfits_a_handful_of_images(tmp_path):
     run = tmp_path / "overfit"
     train(str(CONFIG), [f"train.run_dir={run}", "data.synthetic_images=8", "train.batch_size=8", "eval_images=8",
                         "loss.gan_weight=0", "loss.perceptual_weight=0.1", "train.ema_decay=null",
@@ -81,7 +73,7 @@ def test_tiny_decoder_overfits_a_handful_of_images(tmp_path, one_thread):
 
 @pytest.mark.slow
 @pytest.mark.deepspeed
-def test_gan_phase_under_deepspeed_zero2(tmp_path, one_thread):
+def test_gan_phase_under_deepspeed_zero2(tmp_path):
     """The adaptive GAN weight must not run a gradient pass through the DeepSpeed module (ZeRO-2
     takes any such pass for the real backward and fails)."""
     ds = Path(__file__).resolve().parents[1] / "configs" / "deepspeed" / "zero2.json"

@@ -188,6 +188,8 @@ def from_diffusers(src: str | os.PathLike, dst: str | os.PathLike, dtype: torch.
     prefix = _hf_prefix(etype, expected)
     finals = _final_norm_keys(etype, expected)
     rules: list[Rule] = []
+    # diffusers' SigLIP encoder keeps its attention-pooling head; latents never use it, ours has none.
+    rules += [Rule(None, (key,), lambda t: None) for key in state if key.startswith(f"encoder.{prefix}head.")]
     for key, t in expected.items():
         if key in finals:  # unused by our forward, absent from diffusers: the identity norm
             rules.append(Rule(key, (), lambda t=t, key=key: (torch.ones if key.endswith("weight") else torch.zeros)(t.shape)))
@@ -240,8 +242,10 @@ def config_to_diffusers(config: RAEConfig, where: str, version: str) -> dict[str
     mc = enc.model_config or {}
     layers = int(mc.get("num_hidden_layers", 0))
     mirror = encoder_hf_config(etype, enc.hidden_size, enc.patch_size, layers)
+    # vision_use_head is not compared: our SigLIP encoders drop the attention-pooling head (latents
+    # never use it), so an exported SigLIP-2 RAE has no head weights for diffusers to load.
     fields = ("hidden_act", "layer_norm_eps", "image_size", "num_attention_heads", "qkv_bias", "num_register_tokens",
-              "layerscale_value", "use_swiglu_ffn", "vision_use_head", "intermediate_size", "mlp_ratio")
+              "layerscale_value", "use_swiglu_ffn", "intermediate_size", "mlp_ratio")
     wrong = [f"{k}={mc.get(k)!r} (diffusers builds {mirror.get(k)!r})" for k in fields if mc.get(k) != mirror.get(k)]
     if wrong:
         raise ConversionError(f"{where}: diffusers rebuilds the encoder from a few fields and would get another "

@@ -187,7 +187,7 @@ class RAEDecoder(nn.Module):
             z = add_latent_noise(z, cfg.noise_tau)
         x = self.decoder_embed(z)                                          # [B, N, D]
         cls = self.trainable_cls_token.expand(x.shape[0], -1, -1)
-        x = torch.cat([cls, x], dim=1) + self.decoder_pos_embed            # [B, N+1, D]
+        x = torch.cat([cls, x], dim=1) + self.decoder_pos_embed.to(x.dtype)  # [B, N+1, D]
         for layer in self.decoder_layers:
             x = layer(x)
         x = self.decoder_pred(self.decoder_norm(x))[:, 1:]                  # [B, N, p*p*3]

@@ -47,7 +47,10 @@ class _FamilySpec:
 
 _FAMILIES: dict[str, _FamilySpec] = {
     # SigLIP normalises pixels to [-1, 1] (mean = std = 0.5).
-    "siglip2": _FamilySpec("SiglipVisionModel", "SiglipVisionConfig", (0.5,) * 3, (0.5,) * 3, has_cls=False),
+    # The attention-pooling head is never used for latents; dropping it also keeps ZeRO-3 from
+    # touching its un-gathered nn.MultiheadAttention weights.
+    "siglip2": _FamilySpec("SiglipVisionModel", "SiglipVisionConfig", (0.5,) * 3, (0.5,) * 3, has_cls=False,
+                           config_extra=(("vision_use_head", False),)),
     "dinov2_reg": _FamilySpec("Dinov2WithRegistersModel", "Dinov2WithRegistersConfig",
                               IMAGENET_MEAN, IMAGENET_STD, has_cls=True),
     # mask_ratio 0 keeps every patch; the ascending noise passed in forward keeps their order.
