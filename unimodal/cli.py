@@ -23,6 +23,8 @@ COMMAND_MODULES = [
     "stats",
     "cache_latents",
     "convert",
+    "chat",
+    "serve",
 ]
 
 

@@ -1,0 +1,83 @@
+"""Settings of a chat session and the limits a server puts on what a client may ask for.
+
+`DEFAULT_MODEL` is the one place to name a shipped model directory: `unimodal chat` / `serve` use
+it when `--model` is not given. Until a model ships it is None and `--model` is required.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from pathlib import Path
+
+from unimodal.config import Config, ConfigError
+
+# The model `chat` and `serve` load without --model (a directory, or None = --model required).
+DEFAULT_MODEL: str | None = None
+# An environment variable that overrides DEFAULT_MODEL (a site-wide install can set it).
+MODEL_ENV = "UNIMODAL_MODEL"
+
+
+def resolve_model_dir(arg: str | None) -> Path:
+    """--model, else $UNIMODAL_MODEL, else DEFAULT_MODEL; a clear error when none is set."""
+    path = arg or os.environ.get(MODEL_ENV) or DEFAULT_MODEL
+    if path is None:
+        raise ConfigError(f"no model: pass --model DIR (a UnifiedModel directory) or set ${MODEL_ENV}; "
+                          "no default model ships yet")
+    return Path(path)
+
+
+@dataclasses.dataclass
+class ChatSettings(Config):
+    """What a turn runs with; recorded with every turn so a session replays exactly."""
+    seed: int = 0                    # run seed: candidate k of prompt p uses sample_seed(seed, p, k)
+    steps: int | None = None         # DiT sampling steps; None = the model's default
+    cfg: float | None = None         # guidance scale; None = the model's default (1 = off)
+    n: int = 1                       # candidates per /image (the best one by P(yes) is kept)
+    tokens: int = 64                 # most new tokens in an answer or caption
+    auto_critique: bool = False      # caption every new image (the web UI's gallery shows it)
+
+    def __post_init__(self) -> None:
+        if self.seed < 0:
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError(f"steps must be >= 1, got {self.steps}")
+        if self.cfg is not None and not (math.isfinite(self.cfg) and self.cfg >= 0):
+            raise ConfigError(f"cfg must be >= 0, got {self.cfg}")
+        if self.n < 1:
+            raise ConfigError(f"n must be >= 1, got {self.n}")
+        if self.tokens < 1:
+            raise ConfigError(f"tokens must be >= 1, got {self.tokens}")
+
+
+@dataclasses.dataclass
+class ServeLimits(Config):
+    """Server-side bounds on a request (`unimodal serve`); a request beyond them gets a message."""
+    max_prompt_chars: int = 500
+    max_n: int = 8
+    max_steps: int = 100
+    max_cfg: float = 20.0
+    max_tokens: int = 128
+    max_seed: int = 2**31 - 1
+    max_upload_bytes: int = 10 * 2**20
+    max_image_pixels: int = 4096 * 4096
+    max_conversations: int = 32      # oldest conversation's memory is dropped beyond this
+    max_queue: int = 64              # waiting requests beyond this are refused by the queue
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if getattr(self, f.name) < 1:
+                raise ConfigError(f"ServeLimits.{f.name} must be >= 1, got {getattr(self, f.name)}")
+
+    def check(self, settings: ChatSettings) -> None:
+        """Raise ValueError naming the first setting beyond these limits."""
+        if settings.n > self.max_n:
+            raise ValueError(f"N is {settings.n}; this server allows at most {self.max_n} candidates")
+        if settings.steps is not None and settings.steps > self.max_steps:
+            raise ValueError(f"steps is {settings.steps}; this server allows at most {self.max_steps}")
+        if settings.cfg is not None and settings.cfg > self.max_cfg:
+            raise ValueError(f"guidance is {settings.cfg}; this server allows at most {self.max_cfg}")
+        if settings.tokens > self.max_tokens:
+            raise ValueError(f"tokens is {settings.tokens}; this server allows at most {self.max_tokens}")
+        if settings.seed > self.max_seed:
+            raise ValueError(f"seed is {settings.seed}; this server allows at most {self.max_seed}")
