@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "stats",
     "cache_latents",
     "convert",
+    "finetune",
     "chat",
     "serve",
 ]
