@@ -137,7 +137,7 @@ def _artifacts(tmp_path) -> Path:
 def test_browser_draws_critiques_and_shows_bad_input(server, browser, tmp_path):
     url, proc, root = server
     page = browser.new_page(viewport={"width": 1280, "height": 960})
-    page.set_default_timeout(60_000)
+    page.set_default_timeout(180_000)  # a loaded 2-core CPU renders and generates slowly
     page.goto(url, wait_until="domcontentloaded")
     message = page.locator("#message textarea")
     message.wait_for()
