@@ -138,6 +138,21 @@ def resume_latest(run_dir: str | Path, engines: Mapping[str, Any]) -> dict[str, 
     return None if path is None else load_checkpoint(path, engines)
 
 
+def resume_run(run_dir: str | Path, engines: Mapping[str, Any], ema: Any, logger: Any) -> tuple[int, int, dict[str, Any]]:
+    """What every stage does on start: restore the newest complete checkpoint (engines, EMA, RNG),
+    drop metrics rows logged after it, and return (step, data position, extra state);
+    (0, 0, {}) for a fresh run."""
+    path = latest_checkpoint(run_dir)
+    if path is None:
+        return 0, 0, {}
+    extra = load_checkpoint(path, engines)
+    if ema is not None:
+        ema.load_state_dict(extra["ema"])
+    logger.rewind(extra["step"])
+    logger.info(f"resumed from {path} at step {extra['step']}")
+    return extra["step"], extra["data_position"], extra
+
+
 def load_checkpoint(path: str | Path, engines: Mapping[str, Any], restore_rng: bool = True) -> dict[str, Any]:
     """Load every engine's state and this rank's RNG state; return the caller's `extra_state`.
 

@@ -25,7 +25,7 @@ from unimodal.rae.discriminator import Discriminator, DiscriminatorConfig, gener
 from unimodal.rae.losses import (DecoderLossConfig, LinearIO, VGGLPIPS, adaptive_weight_at_output, build_perceptual_loss,
                                  generator_loss, gram_loss, hinge_d_loss, l1_loss, lpips_available)
 from unimodal.rae.metrics import psnr, ssim
-from unimodal.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from unimodal.train.checkpoint import resume_run, save_checkpoint
 from unimodal.train.config import TrainConfig
 from unimodal.train.distributed import all_reduce_mean, cleanup, init_distributed, seed_everything
 from unimodal.train.ema import EMA
@@ -142,14 +142,7 @@ def train(config_path: str | None, overrides: list[str] = (), deepspeed_config: 
                 f"world_size={dist.world_size}, deepspeed={deepspeed_config is not None}")
 
     # ---- resume -------------------------------------------------------------------------------
-    step, position = 0, 0
-    ckpt = latest_checkpoint(tc.run_dir)
-    if ckpt is not None:
-        extra = load_checkpoint(ckpt, engines)
-        step, position = extra["step"], extra["data_position"]
-        if ema is not None:
-            ema.load_state_dict(extra["ema"])
-        logger.info(f"resumed from {ckpt} at step {step}")
+    step, position, _ = resume_run(tc.run_dir, engines, ema, logger)
 
     # ---- data ---------------------------------------------------------------------------------
     train_set = build_image_dataset(cfg.data, "train", dist=dist, log=logger.info)

@@ -27,7 +27,7 @@ from unimodal.dit.flow import dimension_shift, flow_matching_loss, sample_time
 from unimodal.dit.model import DiT
 from unimodal.dit.sampling import SamplerConfig, noise_from_seeds, sample
 from unimodal.rae.autoencoder import RAE
-from unimodal.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from unimodal.train.checkpoint import resume_run, save_checkpoint
 from unimodal.train.config import TrainConfig
 from unimodal.train.distributed import all_reduce_mean, cleanup, init_distributed, seed_everything
 from unimodal.train.ema import EMA
@@ -145,15 +145,7 @@ def train(config_path: str | None, overrides: list[str] = (), deepspeed_config: 
                 f"deepspeed={deepspeed_config is not None}")
 
     # ---- resume -----------------------------------------------------------------------------------
-    step, position = 0, 0
-    ckpt = latest_checkpoint(tc.run_dir)
-    if ckpt is not None:
-        extra = load_checkpoint(ckpt, {"dit": engine})
-        step, position = extra["step"], extra["data_position"]
-        if ema is not None:
-            ema.load_state_dict(extra["ema"])
-        logger.rewind(step)
-        logger.info(f"resumed from {ckpt} at step {step}")
+    step, position, _ = resume_run(tc.run_dir, {"dit": engine}, ema, logger)
 
     loader = infinite_loader(dataset, tc.batch_size, seed=tc.seed, start_position=position, dist=dist,
                              num_workers=tc.num_workers)

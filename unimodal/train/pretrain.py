@@ -19,13 +19,13 @@ from __future__ import annotations
 import dataclasses
 import random
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 import torch
 
 from unimodal.config import Config, ConfigError, load_config
 from unimodal.data.dataset import DataConfig, build_image_dataset
-from unimodal.train.checkpoint import capture_rng_state, latest_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
+from unimodal.train.checkpoint import resume_run, save_checkpoint
 from unimodal.train.config import TrainConfig
 from unimodal.train.distributed import all_reduce_mean, cleanup, init_distributed, seed_everything
 from unimodal.train.ema import EMA
@@ -128,17 +128,6 @@ def collate_items(items: list[dict]) -> dict:
     return {"pixels": torch.stack([it["pixels"] for it in items]), "caption": [it["caption"] for it in items]}
 
 
-def _batches(loader) -> Iterator[dict]:
-    """The loader's batches; the draw a new DataLoader iterator makes from the global RNG is undone,
-    so a fresh and a resumed run see the same random numbers."""
-    it = iter(loader)
-    rng = capture_rng_state()
-    first = next(it)
-    restore_rng_state(rng)
-    yield first
-    yield from it
-
-
 def build_model(cfg: UnifiedStageConfig) -> UnifiedModel:
     if cfg.init_from is not None:
         return UnifiedModel.from_pretrained(cfg.init_from)
@@ -182,16 +171,8 @@ def run_stage(cfg: UnifiedStageConfig, deepspeed_config: str | None, stage: str,
                 f"world_size={dist.world_size}, deepspeed={deepspeed_config is not None}")
 
     # ---- resume -------------------------------------------------------------------------------
-    step, position = 0, 0
-    ckpt = latest_checkpoint(tc.run_dir)
-    if ckpt is not None:
-        extra = load_checkpoint(ckpt, {"model": engine})
-        step, position = extra["step"], extra["data_position"]
-        if ema is not None:
-            ema.load_state_dict(extra["ema"])
-        hooks.load_state_dict(extra.get("hooks") or {})
-        logger.rewind(step)
-        logger.info(f"resumed from {ckpt} at step {step}")
+    step, position, extra = resume_run(tc.run_dir, {"model": engine}, ema, logger)
+    hooks.load_state_dict(extra.get("hooks") or {})
 
     # ---- data ---------------------------------------------------------------------------------
     dataset = hooks.build_dataset(cfg, dist, logger.info)
@@ -201,7 +182,7 @@ def run_stage(cfg: UnifiedStageConfig, deepspeed_config: str | None, stage: str,
         dataset = build_image_dataset(cfg.data, "train", dist=dist, log=logger.info)
     loader = infinite_loader(dataset, tc.batch_size, seed=tc.seed, start_position=position, dist=dist,
                              num_workers=tc.num_workers, collate_fn=collate_items)
-    batches = _batches(loader)
+    batches = iter(loader)
 
     # ---- loop ---------------------------------------------------------------------------------
     bar = logger.progress(tc.total_steps, initial=step, desc=stage)
