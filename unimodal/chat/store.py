@@ -21,20 +21,10 @@ from pathlib import Path
 
 import torch
 
-from unimodal.config import ConfigError, atomic_write_text
+from unimodal.config import ConfigError, atomic_write_bytes, atomic_write_text
 
 SESSION_FILE = "session.json"
 FORMAT = 1
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def to_pil(image: torch.Tensor):
