@@ -7,8 +7,6 @@ import os
 import re
 from pathlib import Path
 
-import torch
-
 LATENT_KEY = "latent"
 
 
@@ -18,15 +16,18 @@ def add_model_args(parser) -> None:
 
 
 def load_model(args):
+    import torch
+
     from unimodal.unified.model import UnifiedModel
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     return UnifiedModel.from_pretrained(args.model, map_location=device).eval()
 
 
-def load_image(path: str | os.PathLike) -> torch.Tensor:
+def load_image(path: str | os.PathLike) -> "torch.Tensor":
     """An image file -> [3, H, W] float in [0, 1]."""
     import numpy as np
+    import torch
 
     from unimodal.data.images import load_rgb
 
@@ -36,7 +37,7 @@ def load_image(path: str | os.PathLike) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
 
 
-def load_latent(path: str | os.PathLike) -> torch.Tensor:
+def load_latent(path: str | os.PathLike) -> "torch.Tensor":
     from safetensors.torch import load_file
 
     tensors = load_file(str(path))
