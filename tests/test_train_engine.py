@@ -121,3 +121,21 @@ def test_shipped_deepspeed_configs_fill_cleanly():
         raw = json.loads((root / f"zero{stage}.json").read_text())
         ds = fill_deepspeed_config(raw, micro_batch=2, grad_accum=2, world_size=2, grad_clip=1.0, bf16=False)
         assert ds["zero_optimization"]["stage"] == stage and ds["train_batch_size"] == 8
+
+
+@pytest.mark.deepspeed
+def test_two_deepspeed_engines_one_after_another_in_one_process(monkeypatch):
+    """DeepSpeed caches its process groups in module globals; `cleanup` must drop them, or the
+    second stage run in a process (a notebook, a test session) fails on destroyed groups."""
+    from unimodal.train.distributed import cleanup, init_distributed
+
+    for port in ("29611", "29612"):
+        monkeypatch.setenv("MASTER_PORT", port)
+        dist = init_distributed("cpu")
+        model = torch.nn.Linear(4, 2)
+        engine = TrainEngine(model, lr=1e-2, batch_size=2, deepspeed_config={"zero_optimization": {"stage": 2}},
+                             dist=dist)
+        loss = engine(torch.ones(2, 4)).square().mean()
+        engine.backward(loss)
+        assert engine.step() is not None
+        cleanup()
