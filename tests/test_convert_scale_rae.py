@@ -84,6 +84,7 @@ def test_scale_rae_converts_exactly(tmp_path, parts, tied):
     cli("scale-rae", tmp_path / "src", tmp_path / "out", "--encoder", parts["siglip"], "--decoder", parts["decoder"])
     model = UnifiedModel.from_pretrained(tmp_path / "out").eval()
     assert model.config.system_prompt == "You are a helpful assistant."
+    assert model.config.generate_template == "{prompt}"  # Scale-RAE was trained on the bare request
     tok = model.tokenizer
     with torch.no_grad():
         # LLM: same logits as the stock Qwen2 with the source weights (ids away from the two remapped rows).

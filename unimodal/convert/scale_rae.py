@@ -225,7 +225,8 @@ def convert_scale_rae(src: str | os.PathLike, dst: str | os.PathLike, rae_config
         raise ConversionError(f"{where}: the tokenizer lacks {added} of our special tokens; a Qwen2.5-based tokenizer has them all")
     try:
         config = UnifiedConfig(llm=llm, init_llm_from=None, rae=rae_config, dit=dit_cfg, projector="mlp2x_gelu",
-                               connector_depth=1, system_prompt=SCALE_RAE_SYSTEM_PROMPT)
+                               connector_depth=1, system_prompt=SCALE_RAE_SYSTEM_PROMPT,
+                               generate_template="{prompt}")  # Scale-RAE trained on the bare request
     except ConfigError as e:
         raise ConversionError(f"{where}: {e}") from None
     with torch.device("meta"):

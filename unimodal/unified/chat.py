@@ -87,13 +87,15 @@ class ChatBatch:
 class ChatFormat:
     """Turns messages into ids for one tokenizer and one latent length N."""
 
-    def __init__(self, tokenizer, num_image_tokens: int, system_prompt: str | None = None):
+    def __init__(self, tokenizer, num_image_tokens: int, system_prompt: str | None = None,
+                 generate_template: str = GENERATE_TEMPLATE):
         missing = [t for t in SPECIAL_TOKENS if tokenizer.convert_tokens_to_ids(t) in (None, tokenizer.unk_token_id)]
         if missing:
             raise ValueError(f"tokenizer lacks special tokens {missing}; call unimodal.unified.model.add_special_tokens first")
         self.tokenizer = tokenizer
         self.num_image_tokens = int(num_image_tokens)
         self.system_prompt = system_prompt
+        self.generate_template = generate_template
         ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
         self.im_start, self.im_end = ids[IM_START], ids[IM_END]
         self.image_start, self.image_end, self.image_pad = ids[IMAGE_START], ids[IMAGE_END], ids[IMAGE_PAD]
@@ -160,7 +162,7 @@ class ChatFormat:
     # ------------------------------------------------------------------ task conversations
     def generate_chat(self, prompt: str, target: int | None = None) -> list[Message]:
         """Text-to-image: the user asks, the assistant answers with an image (queries)."""
-        msgs = [Message("user", [GENERATE_TEMPLATE.format(prompt=prompt)])]
+        msgs = [Message("user", [self.generate_template.format(prompt=prompt)])]
         if target is not None:
             msgs.append(Message("assistant", [ImageOut(target)]))
         return msgs

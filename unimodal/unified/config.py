@@ -35,12 +35,15 @@ class UnifiedConfig(Config):
     projector: Literal["mlp2x_gelu"] = "mlp2x_gelu"
     connector_depth: int = 1                # 1 = Scale-RAE's single Linear diff_head_projector
     system_prompt: str | None = None        # None = no system turn (shorter sequences)
+    generate_template: str = "Generate an image: {prompt}"  # the user turn of a text-to-image request
     # Sampling defaults used by generate / verify / the CLI.
     num_steps: int = 50
     cfg_scale: float = 1.0                  # 1.0 = no guidance (the unconditional pass is skipped)
     shift: float | None = None              # None = the dimension shift sqrt(N * C / 4096)
 
     def __post_init__(self) -> None:
+        if "{prompt}" not in self.generate_template:
+            raise ConfigError(f"unified.generate_template must contain {{prompt}}, got {self.generate_template!r}")
         if not self.llm and self.init_llm_from is None:
             raise ConfigError("unified.llm is empty and unified.init_llm_from is null; give Qwen2 config fields or a checkpoint")
         d = self.dit

@@ -89,7 +89,7 @@ class UnifiedModel(nn.Module):
         self.projector = Projector(c, h)
         self.queries = LatentQueries(n, h)
         self.connector = Connector(h, config.dit.cond_dim, config.connector_depth)
-        self.chat = ChatFormat(tokenizer, n, config.system_prompt)
+        self.chat = ChatFormat(tokenizer, n, config.system_prompt, config.generate_template)
 
     @property
     def hidden_size(self) -> int:
