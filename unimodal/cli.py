@@ -14,6 +14,8 @@ from unimodal.config import ConfigError
 
 # Module names under unimodal.commands, in the order `--help` lists them.
 COMMAND_MODULES = [
+    "demo",
+    "recipe",
     "train",
     "generate",
     "caption",

@@ -1,0 +1,89 @@
+"""The Shapes recipe end to end (`unimodal recipe shapes --quick`), its caption checker, and a
+quality floor for the shipped model in models/shapes."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from unimodal.shapes import ShapesConfig, scene_captions, training_scene
+from unimodal.shapes.recipe.evaluate import caption_matches, parse_caption
+
+SHIPPED = Path(__file__).resolve().parents[1] / "models" / "shapes"
+# Floors for the shipped model on the held-out checks below: the values measured when it was
+# built (see models/shapes/MANIFEST.json, metrics.evaluate) minus a margin for the smaller sample.
+SHIPPED_FLOORS = {"decoder_psnr": 20.0, "caption_correct": 0.25, "judge_accuracy": 0.6}
+
+
+def test_caption_parser_accepts_every_exact_caption_and_rejects_wrong_ones():
+    cfg = ShapesConfig()
+    for i in range(60):
+        scene = training_scene(cfg, "val", i)
+        for caps in scene_captions(scene, cfg).values():
+            for cap in caps:
+                assert caption_matches(cap, scene, cfg), cap
+    one = next(training_scene(cfg, "val", i) for i in range(100) if len(training_scene(cfg, "val", i).objects) == 1)
+    obj = one.objects[0]
+    wrong_color = next(c for c in cfg.colors if c != obj.color)
+    assert not caption_matches(f"one object: a {wrong_color} {obj.shape} in the center", one, cfg)
+    assert not caption_matches(f"two objects: a {obj.color} {obj.shape} on the left and a red circle on the right", one, cfg)
+    assert parse_caption("a photo of three circles", cfg) == [(None, "circle")] * 3
+    assert parse_caption("a photo of a red", cfg) is None
+    assert parse_caption("the the the", cfg) is None
+
+
+@pytest.mark.slow
+def test_quick_recipe_end_to_end_and_resume(tmp_path):
+    from unimodal.shapes.recipe.run import STAGES, main
+    from unimodal.unified.generate import caption, generate_images, verify
+    from unimodal.unified.model import UnifiedModel
+
+    root = tmp_path / "recipe"
+    manifest = main(str(root), "quick", progress=False, publish_to=str(tmp_path / "published"))
+    assert set(manifest["stage_seconds"]) == set(STAGES)
+    ev = manifest["metrics"]["evaluate"]
+    for key in ("shapes_eval_single", "shapes_eval_best_of_2", "caption_correct", "judge_accuracy", "decoder_psnr"):
+        assert key in ev
+    shipped = json.loads((tmp_path / "published" / "MANIFEST.json").read_text())
+    assert shipped["preset"] == "quick" and shipped["model"]["params"] > 0 and "commit" in shipped["git"]
+
+    model = UnifiedModel.from_pretrained(tmp_path / "published")
+    out = generate_images(model, ["a photo of a red circle"], n=2, keep=1, judge="yes_prob", num_steps=2)
+    kept = out.kept(0)
+    assert len(kept) == 1 and kept[0].image.shape == (3, 64, 64)
+    texts = caption(model, latents=kept[0].latent[None], max_new_tokens=8).texts
+    assert len(texts) == 1 and isinstance(texts[0], str)
+    scores = verify(model, kept[0].latent[None], ["a photo of a red circle"])
+    assert 0.0 <= float(scores.yes_prob[0]) <= 1.0
+
+    # The demo runs on it and writes its report.
+    import argparse
+
+    from unimodal.commands import demo
+
+    args = argparse.Namespace(model=str(tmp_path / "published"), out=str(tmp_path / "demo"), n=2, prompt=None, seed=0,
+                              steps=2)
+    assert demo.run(args) == 0
+    report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    assert len(report["rows"]) == len(demo.DEMO_TAGS) and (tmp_path / "demo" / "report.png").is_file()
+
+    # Rerunning resumes: every stage is skipped, markers unchanged.
+    before = {s: json.loads((root / "markers" / f"{s}.json").read_text())["finished"] for s in STAGES}
+    main(str(root), "quick", progress=False)
+    after = {s: json.loads((root / "markers" / f"{s}.json").read_text())["finished"] for s in STAGES}
+    assert before == after
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHIPPED / "model.safetensors").is_file(), reason="no shipped model in models/shapes")
+def test_shipped_model_scores_above_its_floor():
+    from unimodal.shapes.recipe.evaluate import RecipeEvalConfig, understanding_metrics
+    from unimodal.unified.model import UnifiedModel
+
+    model = UnifiedModel.from_pretrained(SHIPPED)
+    torch.manual_seed(0)
+    m = understanding_metrics(model, ShapesConfig(), RecipeEvalConfig(caption_scenes=24, psnr_images=24))
+    for key, floor in SHIPPED_FLOORS.items():
+        assert m[key] >= floor, f"{key}={m[key]:.3f} fell below its floor {floor}"

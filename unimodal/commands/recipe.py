@@ -1,0 +1,39 @@
+"""`unimodal recipe shapes [--quick] [--root DIR] [--publish DIR]`: the whole Shapes recipe, resumable.
+
+Runs tokenizer -> tiny SigLIP-2 -> tiny Qwen2 -> RAE decoder -> unified pretraining -> finetuning
+-> held-out evaluation (see `unimodal.shapes.recipe.run`); a finished stage is skipped, so the same
+command resumes. Prints the manifest (per-stage seconds and metrics) as one JSON object last.
+"""
+from __future__ import annotations
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("recipe", help="train a whole model from scratch on a built-in world")
+    worlds = p.add_subparsers(dest="world", metavar="WORLD", required=True)
+    s = worlds.add_parser("shapes", help="the Shapes world: ~1 hour on 2 CPU cores (--quick: ~3 minutes)")
+    s.add_argument("--quick", action="store_true", help="toy sizes for tests and CI")
+    s.add_argument("--root", default=None, help="output root (default runs/recipe_shapes[_quick])")
+    s.add_argument("--publish", default=None, metavar="DIR",
+                   help="also copy the final model with its MANIFEST.json to DIR (e.g. models/shapes)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    s.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (1 is much faster on a machine shared with other jobs)")
+    s.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import json
+
+    import torch
+
+    from unimodal.shapes.recipe.run import main
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+
+    preset = "quick" if args.quick else "full"
+    root = args.root or ("runs/recipe_shapes_quick" if args.quick else "runs/recipe_shapes")
+    manifest = main(root, preset, progress=not args.no_progress, publish_to=args.publish)
+    print(json.dumps({k: manifest[k] for k in ("command", "stage_seconds", "total_seconds")}
+                     | {"metrics": manifest["metrics"].get("evaluate", {})}, default=str))
+    return 0

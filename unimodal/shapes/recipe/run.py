@@ -1,0 +1,365 @@
+"""The whole Shapes recipe in one resumable command: `unimodal recipe shapes [--quick] [--root DIR]`.
+
+Stages, each writing under `root`:
+  (a) tokenizer   byte-level BPE on Shapes captions                 recipe.tokenizer
+  (b) siglip      tiny SigLIP-2 (sigmoid loss), vision tower export  recipe.siglip
+  (c) language    tiny Qwen2 LM on captions + ChatML                 recipe.language
+  (d) decoder     RAE ViT decoder on the frozen tiny SigLIP-2        unimodal.train.decoder
+  (e) pretrain    unified t2i + captioning + judging                 unimodal.train.pretrain
+  (f) finetune    the same loop on GenEval-style captions only       unimodal.train.finetune
+      assemble    `root/model`: the finetuned model with the decoder stage's RAE (`assemble_model`)
+  (g) evaluate    ShapesEval (1 sample, best-of-N), captions, judge, PSNR   recipe.evaluate
+  (h) manifest    `root/model/MANIFEST.json` (config, command, commit, stage times, metrics)
+A stage whose marker `root/markers/<stage>.json` exists is skipped, so rerunning the command
+resumes; stages (d)-(f) also resume mid-way from their own checkpoints. Markers hold the stage's
+wall time and metrics. Presets below are overrides of each stage's own config class, so every key
+is checked (unknown keys and wrong types raise).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from unimodal.config import ConfigError, atomic_write_text
+from unimodal.shapes.config import ShapesConfig
+
+log = logging.getLogger("unimodal.recipe")
+
+STAGES = ("tokenizer", "siglip", "language", "decoder", "pretrain", "finetune", "assemble", "evaluate")
+
+# Full: about an hour on 2 CPU cores (latents 8 x 8 tokens x 96 channels, 64 px images).
+_FULL: dict[str, dict[str, Any]] = {
+    "tokenizer": {},
+    "siglip": dict(vision_hidden_size=96, vision_layers=3, vision_heads=4, vision_mlp=384, text_hidden_size=96,
+                   text_layers=2, text_heads=4, text_mlp=384, num_train_scenes=3000, eval_scenes=256,
+                   retrieval_batch=32, probe_scenes=400,
+                   train=dict(total_steps=200, batch_size=32, warmup_steps=20, log_every=20)),
+    "language": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                     intermediate_size=344, num_scenes=4000, eval_scenes=300,
+                     train=dict(total_steps=250, warmup_steps=25, log_every=25)),
+    "decoder": dict(
+        # L1 alone stays at the grey background's median for hundreds of steps (objects cover ~15%
+        # of the pixels); the encoder-feature loss at full weight pulls the objects in.
+        rae=dict(decoder=dict(hidden_size=128, num_layers=4, num_heads=4, intermediate_size=512, noise_tau=0.1)),
+        loss=dict(perceptual="encoder", perceptual_weight=1.0, gan_weight=0.0),
+        data=dict(synthetic_images=20000), eval_images=8, eval_split="eval",
+        train=dict(total_steps=1200, batch_size=16, lr=2e-3, min_lr=1e-4, warmup_steps=30, ema_decay=0.995,
+                   log_every=50, ckpt_every=200, sample_every=200)),
+    "pretrain": dict(
+        model=dict(dit=dict(hidden_size=128, depth=4, num_heads=4, cond_dim=128), connector_depth=1,
+                   num_steps=20, cfg_scale=3.0),
+        mix=dict(t2i=0.6, caption=0.25, judge=0.15), llm_lr=1e-3, dit_lr=2e-3,
+        data=dict(synthetic_images=20000, shapes_captions="mixed"),
+        train=dict(total_steps=650, batch_size=16, lr=1e-3, min_lr=1e-4, warmup_steps=30, ema_decay=0.99,
+                   log_every=25, ckpt_every=100, sample_every=0)),
+    "finetune": dict(
+        # Longer than pretraining: on the GenEval-phrased subset the DiT gets most of the updates.
+        mix=dict(t2i=0.7, caption=0.1, judge=0.2), llm_lr=3e-4, dit_lr=1e-3,
+        data=dict(synthetic_images=20000, shapes_captions="geneval"),
+        train=dict(total_steps=1400, batch_size=16, lr=1e-3, min_lr=5e-5, warmup_steps=20, ema_decay=0.995,
+                   log_every=50, ckpt_every=200, sample_every=0)),
+    "evaluate": dict(prompts_per_tag=16, n=8, caption_scenes=64, psnr_images=64),
+}
+
+# Quick: the same chain at toy size, ~3 minutes (tests and CI).
+_QUICK: dict[str, dict[str, Any]] = {
+    "tokenizer": {},
+    "siglip": dict(num_train_scenes=128, eval_scenes=32, retrieval_batch=16, probe_scenes=32,
+                   train=dict(total_steps=10, batch_size=16, warmup_steps=2, log_every=5)),
+    "language": dict(num_scenes=100, eval_scenes=20, train=dict(total_steps=10, warmup_steps=2, log_every=5)),
+    "decoder": dict(
+        rae=dict(decoder=dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, noise_tau=0.0)),
+        loss=dict(perceptual="encoder", perceptual_weight=0.1, gan_weight=0.0),
+        data=dict(synthetic_images=64), eval_images=4, eval_split="eval",
+        train=dict(total_steps=8, batch_size=8, lr=2e-3, min_lr=2e-4, warmup_steps=1, log_every=4,
+                   ckpt_every=4, sample_every=0)),
+    "pretrain": dict(
+        model=dict(dit=dict(hidden_size=32, depth=1, num_heads=2, cond_dim=32), num_steps=4, cfg_scale=1.0),
+        mix=dict(t2i=0.5, caption=0.3, judge=0.2), llm_lr=3e-3, dit_lr=3e-3,
+        data=dict(synthetic_images=64, shapes_captions="mixed"),
+        train=dict(total_steps=8, batch_size=8, lr=3e-3, min_lr=3e-4, warmup_steps=1, log_every=4, ckpt_every=4,
+                   sample_every=0)),
+    "finetune": dict(
+        mix=dict(t2i=0.6, caption=0.2, judge=0.2), llm_lr=1e-3, dit_lr=1e-3,
+        data=dict(synthetic_images=64, shapes_captions="geneval"),
+        train=dict(total_steps=4, batch_size=8, lr=1e-3, min_lr=1e-4, warmup_steps=1, log_every=2, ckpt_every=4,
+                   sample_every=0)),
+    "evaluate": dict(prompts_per_tag=1, n=2, caption_scenes=4, psnr_images=4),
+}
+
+RECIPE_PRESETS = {"full": _FULL, "quick": _QUICK}
+
+
+def merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict update (a copy); non-dict values replace."""
+    out = copy.deepcopy(base)
+    for k, v in changes.items():
+        out[k] = merge(out[k], v) if isinstance(out.get(k), dict) and isinstance(v, dict) else copy.deepcopy(v)
+    return out
+
+
+class Recipe:
+    """The stages of one recipe run under `root` (see the module docstring)."""
+
+    def __init__(self, root: str | Path, preset: str = "full", progress: bool = True):
+        if preset not in RECIPE_PRESETS:
+            raise ConfigError(f"unknown recipe preset {preset!r}; choose one of {sorted(RECIPE_PRESETS)}")
+        self.root, self.preset, self.progress = Path(root), preset, progress
+        self.p = RECIPE_PRESETS[preset]
+        self.shapes = ShapesConfig()   # the default world: 64 px, GenEval colours, 7 shapes
+        self.markers = self.root / "markers"
+
+    # -- paths ------------------------------------------------------------------------------
+    def path(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
+
+    @property
+    def shapes_json(self) -> Path:
+        return self.path("shapes_config.json")
+
+    def marker(self, stage: str) -> dict[str, Any] | None:
+        f = self.markers / f"{stage}.json"
+        return json.loads(f.read_text()) if f.is_file() else None
+
+    def _write_marker(self, stage: str, seconds: float, metrics: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        rec = {"stage": stage, "seconds": round(seconds, 2), "metrics": metrics,
+               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra}
+        self.markers.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.markers / f"{stage}.json", json.dumps(rec, indent=2, default=str) + "\n")
+        return rec
+
+    # -- stage configs (pure: config dicts from the preset and the paths) -----------------------
+    def _data(self, changes: dict[str, Any], captions: bool) -> dict[str, Any]:
+        return merge(dict(source="shapes", image_size=self.shapes.image_size, shapes_config=str(self.shapes_json),
+                          captions=captions), changes)
+
+    def decoder_config(self) -> dict[str, Any]:
+        p = self.p["decoder"]
+        enc = dict(family="siglip2", pretrained=str(self.path("siglip", "vision")), image_size=self.shapes.image_size,
+                   patch_size=self._siglip_cfg().patch_size, hidden_size=self._siglip_cfg().vision_hidden_size,
+                   normalization="layernorm")
+        grid = self.shapes.image_size // enc["patch_size"]
+        dec = merge(dict(in_channels=enc["hidden_size"], grid_size=grid, patch_size=enc["patch_size"]), p["rae"]["decoder"])
+        return merge({k: v for k, v in p.items() if k not in ("rae", "data", "train")},
+                     dict(rae=dict(encoder=enc, decoder=dec), data=self._data(p["data"], captions=False),
+                          train=merge(p["train"], dict(run_dir=str(self.path("decoder")))), device=None))
+
+    def pretrain_config(self) -> dict[str, Any]:
+        p = self.p["pretrain"]
+        rae = json.loads(self.path("decoder", "export", "config.json").read_text())
+        enc = rae["encoder"]
+        n_tokens = (enc["image_size"] // enc["patch_size"]) ** 2
+        dit = merge(dict(in_channels=enc["hidden_size"], num_tokens=n_tokens, cond_mode="tokens"), p["model"]["dit"])
+        model = merge({k: v for k, v in p["model"].items() if k != "dit"},
+                      dict(llm={}, init_llm_from=str(self.path("lm", "model")), tokenizer_path=None, rae=rae,
+                           init_rae_from=str(self.path("decoder", "export")), dit=dit))
+        return merge({k: v for k, v in p.items() if k not in ("model", "data", "train")},
+                     dict(model=model, dataset="images", data=self._data(p["data"], captions=True),
+                          train=merge(p["train"], dict(run_dir=str(self.path("pretrain")))), device=None))
+
+    def finetune_config(self) -> dict[str, Any]:
+        p = self.p["finetune"]
+        return merge({k: v for k, v in p.items() if k not in ("data", "train")},
+                     dict(init_from=str(self.path("pretrain", "export")), dataset="images", llm_mode="full",
+                          data=self._data(p["data"], captions=True),
+                          train=merge(p["train"], dict(run_dir=str(self.path("finetune")))), device=None))
+
+    def _siglip_cfg(self):
+        from unimodal.shapes.recipe.siglip import siglip_preset
+
+        return siglip_preset(self.preset, merge(self.p["siglip"], dict(
+            tokenizer=str(self.path("tokenizer")), shapes=self.shapes.to_dict(),
+            train=merge(self.p["siglip"].get("train", {}), dict(run_dir=str(self.path("siglip")))))))
+
+    # -- stages ------------------------------------------------------------------------------
+    def run_tokenizer(self) -> dict[str, Any]:
+        from unimodal.shapes.recipe.tokenizer import tokenizer_preset, train_shapes_tokenizer
+
+        cfg = tokenizer_preset(self.preset, merge(self.p["tokenizer"], dict(out_dir=str(self.path("tokenizer")),
+                                                                             shapes=self.shapes.to_dict())))
+        tok = train_shapes_tokenizer(cfg)
+        return {"vocab": len(tok)}
+
+    def run_siglip(self) -> dict[str, Any]:
+        from unimodal.shapes.recipe.siglip import train_siglip
+
+        return train_siglip(self._siglip_cfg(), progress=self.progress).metrics
+
+    def run_language(self) -> dict[str, Any]:
+        from unimodal.shapes.recipe.language import language_preset, train_language
+
+        cfg = language_preset(self.preset, merge(self.p["language"], dict(
+            tokenizer=str(self.path("tokenizer")), shapes=self.shapes.to_dict(),
+            train=merge(self.p["language"].get("train", {}), dict(run_dir=str(self.path("lm")))))))
+        return train_language(cfg, progress=self.progress).metrics
+
+    def _train_stage(self, name: str, config: dict[str, Any], train_fn: Callable) -> dict[str, Any]:
+        """Write the stage's YAML config and run its `train(path, overrides)`."""
+        import yaml
+
+        cfg_path = self.path("configs", f"{name}.yaml")
+        cfg_path.parent.mkdir(parents=True, exist_ok=True)
+        # YAML, not JSON: YAML 1.1 reads JSON's "1e-12" as a string, yaml.safe_dump writes "1.0e-12".
+        atomic_write_text(cfg_path, yaml.safe_dump(config, sort_keys=False))
+        export = train_fn(str(cfg_path), [])
+        rows = [json.loads(t) for t in (Path(config["train"]["run_dir"]) / "metrics.jsonl").read_text().splitlines()
+                if t.strip()]
+        last: dict[str, Any] = {}
+        for r in rows:   # the newest value of every logged key
+            last.update({k: v for k, v in r.items() if isinstance(v, (int, float))})
+        return {"export": str(export), **{k: v for k, v in last.items() if k in
+                ("step", "loss", "ce", "fm", "l1", "perceptual", "eval_psnr", "eval_ssim")}}
+
+    def run_decoder(self) -> dict[str, Any]:
+        from unimodal.train.decoder import train
+
+        return self._train_stage("decoder", self.decoder_config(), train)
+
+    def run_pretrain(self) -> dict[str, Any]:
+        from unimodal.train.pretrain import train
+
+        return self._train_stage("pretrain", self.pretrain_config(), train)
+
+    def run_finetune(self) -> dict[str, Any]:
+        from unimodal.train.finetune import train
+
+        return self._train_stage("finetune", self.finetune_config(), train)
+
+    def run_evaluate(self) -> dict[str, Any]:
+        from unimodal.shapes.recipe.evaluate import RecipeEvalConfig, evaluate_model
+
+        ecfg = RecipeEvalConfig.from_dict(self.p["evaluate"])
+        return evaluate_model(self.path("model"), self.path("eval"), self.shapes, ecfg, progress=self.progress)
+
+    def run_assemble(self) -> dict[str, Any]:
+        assemble_model(self.path("finetune", "export"), self.path("decoder", "export"), self.path("model"))
+        return {"model_dir": str(self.path("model"))}
+
+    def run_model(self) -> dict[str, Any]:
+        """Write `root/model/MANIFEST.json` (the model's parameter count, size and dtypes included)."""
+        from safetensors import safe_open
+
+        from unimodal.evaluation.records import git_state
+
+        dst = self.path("model")
+        params, dtypes = 0, set()
+        with safe_open(str(dst / "model.safetensors"), "pt") as f:
+            for k in f.keys():
+                t = f.get_slice(k)
+                params += math.prod(t.get_shape())
+                dtypes.add(t.get_dtype())
+        size = sum(f.stat().st_size for f in dst.iterdir() if f.is_file() and f.name != "MANIFEST.json")
+        manifest = self.manifest()
+        manifest["git"] = git_state()
+        manifest["model"] = {"params": params, "dtypes": sorted(dtypes), "size_bytes": size,
+                             "load": "UnifiedModel.from_pretrained(DIR)"}
+        atomic_write_text(dst / "MANIFEST.json", json.dumps(manifest, indent=2, default=str) + "\n")
+        return {"model_dir": str(dst), "size_bytes": size}
+
+    def manifest(self) -> dict[str, Any]:
+        stages = {s: self.marker(s) for s in STAGES if self.marker(s) is not None}
+        seconds = {s: m["seconds"] for s, m in stages.items()}
+        flag = " --quick" if self.preset == "quick" else ""
+        return {"recipe": "shapes", "preset": self.preset, "command": f"unimodal recipe shapes{flag} --root {self.root}",
+                "shapes_config": self.shapes.to_dict(), "presets": self.p,
+                "stage_seconds": seconds, "total_seconds": round(sum(seconds.values()), 1),
+                "metrics": {s: m["metrics"] for s, m in stages.items()},
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+    def _adopt(self, stage: str) -> dict[str, Any] | None:
+        """A stage (a)-(c) whose outputs are complete but whose marker is missing (a crash between
+        the two, or the stage run by `python -m unimodal.shapes.recipe`): take its own record."""
+        files = {"tokenizer": ("tokenizer/recipe_stats.json", "seconds"),
+                 "siglip": ("siglip/final_metrics.json", "total_seconds"),
+                 "language": ("lm/final_metrics.json", "total_seconds")}
+        if stage not in files or not self.path(files[stage][0]).is_file():
+            return None
+        if stage == "siglip" and not self.path("siglip", "vision", "config.json").is_file():
+            return None
+        if stage == "language" and not self.path("lm", "model", "config.json").is_file():
+            return None
+        metrics = json.loads(self.path(files[stage][0]).read_text())
+        return self._write_marker(stage, float(metrics.get(files[stage][1], 0.0)), metrics, adopted=True)
+
+    def run(self, stages: tuple[str, ...] = STAGES) -> dict[str, Any]:
+        """Run every unfinished stage in order; returns the manifest."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        if not self.shapes_json.is_file():
+            self.shapes.save_json(self.shapes_json)
+        for k, stage in enumerate(stages, 1):
+            done = self.marker(stage) or self._adopt(stage)
+            if done is not None:
+                log.info(f"[recipe {k}/{len(stages)}] {stage}: done ({done['seconds']:.0f} s), skipped")
+                continue
+            log.info(f"[recipe {k}/{len(stages)}] {stage}: running")
+            t0 = time.time()
+            metrics = getattr(self, f"run_{stage}")()
+            rec = self._write_marker(stage, time.time() - t0, metrics)
+            log.info(f"[recipe {k}/{len(stages)}] {stage}: finished in {rec['seconds']:.0f} s "
+                     f"{json.dumps(_short(metrics))}")
+        if stages == STAGES:   # (h): cheap, so always redone (the manifest then lists every stage)
+            info = self.run_model()
+            log.info(f"[recipe] model: {info['model_dir']} ({info['size_bytes'] / 1e6:.1f} MB) with MANIFEST.json")
+        return self.manifest()
+
+
+def _short(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()
+            if isinstance(v, (int, float, str)) and not k.endswith("_tags")}
+
+
+def assemble_model(finetuned: str | Path, rae_dir: str | Path, out: str | Path) -> Path:
+    """The final model: the finetuned unified model with the decoder stage's RAE installed.
+
+    The RAE is frozen in the unified stages and its decoder takes no part in their losses (they
+    train on encoder latents), so the decoder stage's export is installed here; this also lets a
+    decoder be retrained without redoing the unified stages. The encoder must be the very same:
+    every encoder tensor is compared.
+    """
+    import torch
+
+    from unimodal.rae.autoencoder import RAE
+    from unimodal.unified.model import UnifiedModel
+
+    model = UnifiedModel.from_pretrained(finetuned)
+    rae = RAE.from_pretrained(rae_dir)
+    a, b = model.rae.encoder.state_dict(), rae.encoder.state_dict()
+    if a.keys() != b.keys() or any(a[k].shape != b[k].shape or not torch.equal(a[k], b[k]) for k in a):
+        raise ConfigError(f"{rae_dir}: its encoder differs from the one {finetuned} was trained on")
+    if (rae.config.encoder.num_tokens, rae.config.encoder.channels) != (model.config.num_latent_tokens, model.config.latent_dim):
+        raise ConfigError(f"{rae_dir}: latent grid differs from {finetuned}'s")
+    rae.requires_grad_(False)
+    model.rae = rae.eval()
+    model.config = model.config.replace(rae=rae.saved_config())
+    return model.save_pretrained(out)
+
+
+def publish(model_dir: str | Path, dest: str | Path) -> Path:
+    """Copy a recipe's `model` directory (weights, tokenizer, MANIFEST.json) to `dest`."""
+    model_dir, dest = Path(model_dir), Path(dest)
+    if not (model_dir / "MANIFEST.json").is_file():
+        raise FileNotFoundError(f"{model_dir} has no MANIFEST.json: finish the recipe first")
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(model_dir, tmp)
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    return dest
+
+
+def main(root: str, preset: str, progress: bool = True, publish_to: str | None = None) -> dict[str, Any]:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
+    recipe = Recipe(root, preset, progress=progress)
+    manifest = recipe.run()
+    if publish_to is not None:
+        publish(recipe.path("model"), publish_to)
+        log.info(f"published {recipe.path('model')} to {publish_to}")
+    return manifest
