@@ -349,6 +349,9 @@ def publish(model_dir: str | Path, dest: str | Path) -> Path:
     tmp = dest.with_name(f".{dest.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(model_dir, tmp)
+    tmp.chmod(0o755)   # the model directory is written through mkdtemp (0700); a shipped copy is readable
+    for f in tmp.iterdir():
+        f.chmod(0o644)
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
     return dest
