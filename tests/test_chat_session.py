@@ -172,5 +172,6 @@ def test_session_folder_errors(model_dir, tmp_path, monkeypatch, capsys):
     with pytest.raises(FileNotFoundError, match="is not a chat session"):
         _chat(["--replay", str(tmp_path / "busy"), "--out", str(tmp_path / "o")], "", monkeypatch, capsys)
     monkeypatch.delenv("UNIMODAL_MODEL", raising=False)
-    with pytest.raises(Exception, match="pass --model DIR"):
+    monkeypatch.setattr("unimodal.shipped.SHIPPED_MODEL_DIR", tmp_path / "no-shipped-model")
+    with pytest.raises(FileNotFoundError, match="pass --model DIR"):
         _chat(["--session", str(tmp_path / "new")], "", monkeypatch, capsys)

@@ -1,7 +1,8 @@
 """The chat command syntax and the chat settings / server limits (no model)."""
 import pytest
 
-from unimodal.chat.settings import ChatSettings, ServeLimits, resolve_model_dir
+from unimodal.chat.settings import ChatSettings, ServeLimits
+from unimodal.shipped import resolve_model_dir
 from unimodal.chat.syntax import HELP, Request, apply_setting, parse_line
 from unimodal.config import ConfigError
 
@@ -67,13 +68,17 @@ def test_settings_are_checked():
         ServeLimits(max_n=0)
 
 
-def test_model_is_required_until_one_ships(monkeypatch, tmp_path):
+def test_model_defaults_to_the_shipped_one_and_env_overrides(monkeypatch, tmp_path):
     monkeypatch.delenv("UNIMODAL_MODEL", raising=False)
-    monkeypatch.setattr("unimodal.chat.settings.DEFAULT_MODEL", None)
-    with pytest.raises(ConfigError, match="pass --model DIR"):
+    monkeypatch.setattr("unimodal.shipped.SHIPPED_MODEL_DIR", tmp_path / "absent")
+    with pytest.raises(FileNotFoundError, match="pass --model DIR"):
         resolve_model_dir(None)
+    (tmp_path / "config.json").write_text("{}")
     assert resolve_model_dir(str(tmp_path)) == tmp_path
-    monkeypatch.setattr("unimodal.chat.settings.DEFAULT_MODEL", "/shipped/model")
-    assert str(resolve_model_dir(None)) == "/shipped/model"
-    monkeypatch.setenv("UNIMODAL_MODEL", str(tmp_path))
+    monkeypatch.setattr("unimodal.shipped.SHIPPED_MODEL_DIR", tmp_path)
     assert resolve_model_dir(None) == tmp_path
+    other = tmp_path / "other"
+    other.mkdir()
+    monkeypatch.setenv("UNIMODAL_MODEL", str(other))
+    with pytest.raises(FileNotFoundError, match="no model at"):
+        resolve_model_dir(None)  # the environment wins, and it names a directory without a model

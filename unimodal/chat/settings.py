@@ -1,7 +1,6 @@
 """Settings of a chat session and the limits a server puts on what a client may ask for.
 
-`DEFAULT_MODEL` is the one place to name a shipped model directory: `unimodal chat` / `serve` use
-it when `--model` is not given. Until a model ships it is None and `--model` is required.
+Without `--model`, `unimodal chat` / `serve` load the shipped model (`unimodal.shipped`).
 """
 from __future__ import annotations
 
@@ -11,21 +10,6 @@ import os
 from pathlib import Path
 
 from unimodal.config import Config, ConfigError
-
-# The model `chat` and `serve` load without --model (a directory, or None = --model required).
-DEFAULT_MODEL: str | None = None
-# An environment variable that overrides DEFAULT_MODEL (a site-wide install can set it).
-MODEL_ENV = "UNIMODAL_MODEL"
-
-
-def resolve_model_dir(arg: str | None) -> Path:
-    """--model, else $UNIMODAL_MODEL, else DEFAULT_MODEL; a clear error when none is set."""
-    path = arg or os.environ.get(MODEL_ENV) or DEFAULT_MODEL
-    if path is None:
-        raise ConfigError(f"no model: pass --model DIR (a UnifiedModel directory) or set ${MODEL_ENV}; "
-                          "no default model ships yet")
-    return Path(path)
-
 
 @dataclasses.dataclass
 class ChatSettings(Config):

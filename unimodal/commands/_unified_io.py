@@ -11,7 +11,8 @@ LATENT_KEY = "latent"
 
 
 def add_model_args(parser) -> None:
-    parser.add_argument("--model", required=True, help="unified model directory (UnifiedModel.save_pretrained / a stage's export)")
+    parser.add_argument("--model", default=None,
+                        help="unified model directory (default: $UNIMODAL_MODEL, else the shipped Shapes model)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
 
 
@@ -21,6 +22,9 @@ def load_model(args):
     from unimodal.unified.model import UnifiedModel
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from unimodal.shipped import resolve_model_dir
+
+    args.model = str(resolve_model_dir(args.model))
     return UnifiedModel.from_pretrained(args.model, map_location=device).eval()
 
 

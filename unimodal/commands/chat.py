@@ -35,7 +35,7 @@ def add_parser(subparsers) -> None:
 def _load(model_arg: str | None, recorded: str | None, device: str | None):
     import torch
 
-    from unimodal.chat.settings import resolve_model_dir
+    from unimodal.shipped import resolve_model_dir
     from unimodal.unified.model import UnifiedModel
 
     path = resolve_model_dir(model_arg or recorded)

@@ -13,12 +13,6 @@ from pathlib import Path
 DEMO_TAGS = ("single_object", "colors", "counting", "two_object", "color_attr", "position")
 
 
-def default_model_dir() -> Path:
-    import unimodal
-
-    return Path(unimodal.__file__).resolve().parents[1] / "models" / "shapes"
-
-
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("demo", help="generate, self-verify and caption with the shipped Shapes model")
     p.add_argument("--model", default=None, help="unified model directory (default: the shipped models/shapes)")
@@ -74,15 +68,13 @@ def run(args) -> int:
     import torch
 
     from unimodal.cli import UserError
+    from unimodal.shipped import resolve_model_dir
     from unimodal.shapes.scorer import score_image
     from unimodal.evaluation.generator import tensor_to_pil
     from unimodal.unified.generate import caption, generate_images
     from unimodal.unified.model import UnifiedModel
 
-    model_dir = Path(args.model) if args.model else default_model_dir()
-    if not (model_dir / "config.json").is_file():
-        raise UserError(f"no model at {model_dir}: run `unimodal recipe shapes --publish models/shapes` "
-                        "or pass --model DIR")
+    model_dir = resolve_model_dir(args.model)
     if args.n < 1:
         raise UserError(f"--n must be >= 1, got {args.n}")
     t0 = time.time()

@@ -28,7 +28,8 @@ def run(args) -> int:
     import torch
 
     from unimodal.chat.backend import ChatBackend
-    from unimodal.chat.settings import ServeLimits, resolve_model_dir
+    from unimodal.chat.settings import ServeLimits
+    from unimodal.shipped import resolve_model_dir
     from unimodal.cli import UserError
     from unimodal.config import apply_overrides
     from unimodal.unified.model import UnifiedModel
