@@ -27,11 +27,12 @@ from unimodal.rae.losses import (DecoderLossConfig, LinearIO, VGGLPIPS, adaptive
 from unimodal.rae.metrics import psnr, ssim
 from unimodal.train.checkpoint import resume_run, save_checkpoint
 from unimodal.train.config import TrainConfig
-from unimodal.train.distributed import all_reduce_mean, cleanup, init_distributed, seed_everything
+from unimodal.train.distributed import all_reduce_mean, cleanup
 from unimodal.train.ema import EMA
 from unimodal.train.engine import TrainEngine
-from unimodal.train.logging import RunLogger, Throughput, check_finite, save_resolved_config
+from unimodal.train.logging import Throughput, check_finite
 from unimodal.train.loop import infinite_loader
+from unimodal.train.run import start_run
 from unimodal.utils.weights import save_pretrained_dir
 
 
@@ -108,10 +109,7 @@ def export_rae(rae: RAE, ema: EMA | None, directory: Path) -> None:
 def train(config_path: str | None, overrides: list[str] = (), deepspeed_config: str | None = None) -> Path:
     cfg = load_config(DecoderStageConfig, config_path, overrides)
     tc, lc = cfg.train, cfg.loss
-    dist = init_distributed(cfg.device)
-    seed_everything(tc.seed, dist.rank)
-    logger = RunLogger(tc.run_dir, dist)
-    save_resolved_config(tc.run_dir, cfg, logger, dist.is_main)
+    dist, logger = start_run(cfg, tc, cfg.device)
     device = dist.device
 
     # ---- models: frozen encoder, trainable decoder (+ discriminator) ----------------------------

@@ -29,11 +29,12 @@ from unimodal.dit.sampling import SamplerConfig, noise_from_seeds, sample
 from unimodal.rae.autoencoder import RAE
 from unimodal.train.checkpoint import resume_run, save_checkpoint
 from unimodal.train.config import TrainConfig
-from unimodal.train.distributed import all_reduce_mean, cleanup, init_distributed, seed_everything
+from unimodal.train.distributed import all_reduce_mean, cleanup
 from unimodal.train.ema import EMA
 from unimodal.train.engine import TrainEngine
-from unimodal.train.logging import RunLogger, Throughput, check_finite, save_resolved_config
+from unimodal.train.logging import Throughput, check_finite
 from unimodal.train.loop import derive_seed, infinite_loader
+from unimodal.train.run import start_run
 from unimodal.utils.weights import save_pretrained_dir
 
 
@@ -122,10 +123,7 @@ def export_dit(model: DiT, ema: EMA | None, sampler: SamplerConfig, directory: P
 def train(config_path: str | None, overrides: list[str] = (), deepspeed_config: str | None = None) -> Path:
     cfg = load_config(DiTStageConfig, config_path, overrides)
     tc, dc = cfg.train, cfg.dit
-    dist = init_distributed(cfg.device)
-    seed_everything(tc.seed, dist.rank)
-    logger = RunLogger(tc.run_dir, dist)
-    save_resolved_config(tc.run_dir, cfg, logger, dist.is_main)
+    dist, logger = start_run(cfg, tc, cfg.device)
     device = dist.device
 
     # ---- frozen RAE, data, model ----------------------------------------------------------------

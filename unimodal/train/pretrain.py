@@ -27,11 +27,12 @@ from unimodal.config import Config, ConfigError, load_config
 from unimodal.data.dataset import DataConfig, build_image_dataset
 from unimodal.train.checkpoint import resume_run, save_checkpoint
 from unimodal.train.config import TrainConfig
-from unimodal.train.distributed import all_reduce_mean, cleanup, init_distributed, seed_everything
+from unimodal.train.distributed import all_reduce_mean, cleanup
 from unimodal.train.ema import EMA
 from unimodal.train.engine import TrainEngine
-from unimodal.train.logging import RunLogger, Throughput, check_finite, save_resolved_config
+from unimodal.train.logging import RunLogger, Throughput, check_finite
 from unimodal.train.loop import derive_seed, infinite_loader
+from unimodal.train.run import start_run
 from unimodal.unified.config import UnifiedConfig
 from unimodal.unified.data import TaskMix, make_batch
 from unimodal.unified.loss import JointLoss
@@ -148,10 +149,7 @@ def run_stage(cfg: UnifiedStageConfig, deepspeed_config: str | None, stage: str,
               hooks: StageHooks | None = None) -> Path:
     tc = cfg.train
     hooks = hooks or StageHooks()
-    dist = init_distributed(cfg.device)
-    seed_everything(tc.seed, dist.rank)
-    logger = RunLogger(tc.run_dir, dist)
-    save_resolved_config(tc.run_dir, cfg, logger, dist.is_main)
+    dist, logger = start_run(cfg, tc, cfg.device)
     device = dist.device
 
     # ---- model, trainable set, optimiser groups -------------------------------------------------
