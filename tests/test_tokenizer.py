@@ -1,4 +1,4 @@
-"""The trained SentencePiece tokenizer and `load_tokenizer` (special tokens, round trips, save/load)."""
+"""The trained byte-level BPE tokenizer and `load_tokenizer` (special tokens, round trips, save/load)."""
 import json
 import random
 

@@ -136,7 +136,7 @@ def build_model(cfg: UnifiedStageConfig) -> UnifiedModel:
     if cfg.dataset == "toy" and cfg.model.tokenizer_path is None and cfg.model.init_llm_from is None:
         from unimodal.unified.testing import tiny_tokenizer
 
-        tokenizer = tiny_tokenizer()   # the toy world's own SentencePiece tokenizer, trained on the fly
+        tokenizer = tiny_tokenizer()   # the toy world's own tokenizer, trained on the fly
     return UnifiedModel.from_config(cfg.model, tokenizer=tokenizer)
 
 

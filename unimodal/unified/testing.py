@@ -52,7 +52,7 @@ def _tiny_tokenizer_dir() -> str:
 
 
 def tiny_tokenizer():
-    """A SentencePiece tokenizer trained on the toy corpus (trained once per process)."""
+    """A byte-level BPE tokenizer (Qwen2's pipeline) trained on the toy corpus, once per process."""
     from unimodal.text.tokenizer import load_tokenizer
 
     tok, _ = load_tokenizer(_tiny_tokenizer_dir())
