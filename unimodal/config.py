@@ -137,11 +137,7 @@ class Config:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: not valid JSON ({e})") from None
-        return cls.from_dict(data, _where=path.name)
+        return cls.from_dict(read_json(path), _where=path.name)
 
     def replace(self: C, **changes: Any) -> C:
         return self.from_dict({**self.to_dict(), **changes})
@@ -193,18 +189,32 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
+    """A YAML (or JSON) file whose top level is a mapping; one-line ConfigError otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return data
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Parse a JSON file; invalid JSON is a one-line ConfigError naming the file."""
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+
+
 def load_config(cls: type[C], path: str | os.PathLike | None = None, overrides: list[str] = ()) -> C:
     """Load a YAML (or JSON) experiment file into `cls`, apply overrides, validate everything."""
     data: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: top level must be a mapping")
+        data = read_yaml_mapping(path)
     data = apply_overrides(data, list(overrides))
     return cls.from_dict(data, _where=Path(path).name if path else cls.__name__)

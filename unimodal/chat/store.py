@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from unimodal.config import ConfigError, atomic_write_bytes, atomic_write_text
+from unimodal.config import ConfigError, atomic_write_bytes, atomic_write_text, read_json
 
 SESSION_FILE = "session.json"
 FORMAT = 1
@@ -76,10 +76,7 @@ class SessionStore:
         path = root / SESSION_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{root} is not a chat session (no {SESSION_FILE})")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: not valid JSON ({e})") from None
+        data = read_json(path)
         if data.get("format") != FORMAT:
             raise ConfigError(f"{path}: session format {data.get('format')!r}, this version reads {FORMAT}")
         return cls(root, data)

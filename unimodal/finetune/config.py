@@ -9,13 +9,10 @@ data.image_size is set anywhere) and the key=value overrides.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-from unimodal.config import Config, ConfigError, apply_overrides
+from unimodal.config import Config, ConfigError, apply_overrides, read_json, read_yaml_mapping
 from unimodal.data.dataset import DataConfig
 from unimodal.finetune.divergence import DivergenceConfig
 from unimodal.train.pretrain import UnifiedStageConfig
@@ -88,7 +85,7 @@ def model_image_size(model_dir: str | Path) -> int:
     path = Path(model_dir) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"not a unified model directory (no config.json): {model_dir}")
-    cfg = json.loads(path.read_text())
+    cfg = read_json(path)
     try:
         return int(cfg["rae"]["encoder"]["image_size"])
     except (KeyError, TypeError):
@@ -101,15 +98,7 @@ def load_finetune_config(config_path: str | Path | None, overrides: list[str] = 
     """Build the config in the order the module docstring gives; every layer is checked."""
     raw: dict[str, Any] = {}
     if config_path is not None:
-        path = Path(config_path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: top level must be a mapping")
+        raw = read_yaml_mapping(config_path)
     # Set as values, not parsed as override text: "{000..003}.tar" must stay a string.
     if data is not None:
         raw.setdefault("data", {})["path"] = str(data)
