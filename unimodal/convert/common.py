@@ -8,20 +8,17 @@ and shapes). Every failure names the keys (STYLE 8); nothing is loaded with ``st
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from safetensors import safe_open
 
-from unimodal.utils.weights import WeightLoadError, check_state_dict, replace_directory
+from unimodal.utils.weights import WeightLoadError, check_state_dict
 
 
 class ConversionError(WeightLoadError):
@@ -206,21 +203,6 @@ def cast_floating(state: Mapping[str, torch.Tensor], dtype: torch.dtype | None) 
     if dtype is None:
         return dict(state)
     return {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-
-
-@contextlib.contextmanager
-def atomic_output_dir(directory: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it replaces `directory` with two renames, on any
-    error it is removed and an existing `directory` is left as it was."""
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp", dir=directory.parent))
-    try:
-        yield tmp
-        replace_directory(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def refuse_same_path(src: str | os.PathLike, dst: str | os.PathLike) -> None:

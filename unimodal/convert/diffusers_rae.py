@@ -35,7 +35,6 @@ from unimodal.convert.common import (
     ConversionError,
     Rule,
     apply_plan,
-    atomic_output_dir,
     cast_floating,
     check_targets,
     copy,
@@ -47,7 +46,7 @@ from unimodal.rae.autoencoder import RAE, RAEConfig
 from unimodal.rae.decoder import DecoderConfig
 from unimodal.rae.encoders import _FAMILIES, EncoderConfig
 from unimodal.rae.stats import STATS_EPS
-from unimodal.utils.weights import CONFIG_NAME, load_pretrained_dir, save_pretrained_dir
+from unimodal.utils.weights import CONFIG_NAME, atomic_output_dir, load_pretrained_dir, save_pretrained_dir
 
 DIFFUSERS_WEIGHTS_STEM = "diffusion_pytorch_model"
 CLASS_NAME = "AutoencoderRAE"

@@ -32,7 +32,6 @@ from unimodal.convert.common import (
     ConversionError,
     Rule,
     apply_plan,
-    atomic_output_dir,
     cast_floating,
     check_targets,
     conv1x1_to_linear,
@@ -55,7 +54,7 @@ from unimodal.dit.blocks import sincos_2d_pos_embed
 from unimodal.dit.config import DiTConfig
 from unimodal.dit.model import DiT
 from unimodal.text.special_tokens import IMAGE_END, IMAGE_START
-from unimodal.utils.weights import CONFIG_NAME, WEIGHTS_NAME
+from unimodal.utils.weights import CONFIG_NAME, WEIGHTS_NAME, atomic_output_dir
 
 DIT_PREFIX = "diff_head.model."
 SCALE_RAE_IMAGE_START, SCALE_RAE_IMAGE_END = "<im_start>", "<im_end>"

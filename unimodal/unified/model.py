@@ -13,8 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -29,7 +27,7 @@ from unimodal.text.tokenizer import load_tokenizer
 from unimodal.unified.bridge import Connector, LatentQueries, Projector
 from unimodal.unified.chat import ChatBatch, ChatFormat
 from unimodal.unified.config import UnifiedConfig
-from unimodal.utils.weights import CONFIG_NAME, WEIGHTS_NAME, load_pretrained_dir, load_state_dict_strict, replace_directory
+from unimodal.utils.weights import CONFIG_NAME, WEIGHTS_NAME, atomic_output_dir, load_pretrained_dir, load_state_dict_strict
 
 # Keys of a Qwen2 config dict that describe the file, not the network.
 _VOLATILE_LLM_KEYS = ("transformers_version", "_name_or_path", "architectures", "torch_dtype", "dtype")
@@ -215,19 +213,12 @@ class UnifiedModel(nn.Module):
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """config.json + model.safetensors + tokenizer files, written to a temporary sibling and
         swapped in, so a crash never leaves a half-written model directory."""
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp", dir=directory.parent))
-        try:
+        with atomic_output_dir(directory) as tmp:
             (tmp / CONFIG_NAME).write_text(self.saved_config().to_json_string())
             tensors = {k: v.detach().contiguous().cpu() for k, v in self.merged_state_dict().items()}
             save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
             self.tokenizer.save_pretrained(str(tmp))
-            replace_directory(tmp, directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return directory
+        return Path(directory)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> "UnifiedModel":

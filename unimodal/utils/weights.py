@@ -1,11 +1,12 @@
 """Strict weight loading and `save_pretrained` / `from_pretrained` directories (config.json + safetensors)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Mapping, TypeVar
+from typing import Iterator, Mapping, TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -59,20 +60,28 @@ def save_pretrained_dir(directory: str | os.PathLike, config: Config, state_dict
 
     A crash at any point leaves either the old directory or the new one, never a mix.
     """
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp", dir=directory.parent))
-    try:
+    with atomic_output_dir(directory) as tmp:
         (tmp / CONFIG_NAME).write_text(config.to_json_string())
         tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
+    return Path(directory)
+
+
+@contextlib.contextmanager
+def atomic_output_dir(directory: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success it replaces `directory` with two renames, on any
+    error it is removed and an existing `directory` is left as it was."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp", dir=directory.parent))
+    try:
+        yield tmp
         replace_directory(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return directory
 
 
 def replace_directory(src: Path, dst: Path) -> None:
