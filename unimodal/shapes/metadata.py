@@ -7,7 +7,7 @@ One JSON object per line, keys in GenEval's order: ``tag``, ``include`` (a list 
 Prompt selection is deterministic (`cfg.holdout_seed`): per tag, up to half of the quota goes to
 combinations that contain a held-out pair/triple, the rest to seen ones, each drawn in a seeded
 shuffle (default quotas are GenEval's 80/99/80/94/100/100; a tag with fewer combinations takes all
-of them: with 7 shapes, 7 single_object, 42 two_object, 21 counting and 70 colors lines).
+of them: with the default 5 shapes, 5 single_object, 20 two_object, 15 counting and 50 colors lines).
 """
 from __future__ import annotations
 
