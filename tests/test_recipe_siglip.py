@@ -22,6 +22,7 @@ def test_quick_run_learns_and_reports(quick_run):
     _, result = quick_run
     m = result.metrics
     assert m["final_train_loss"] < 0.7 * m["first_loss"]
+    assert 0 < m["final_caption_loss"] and 0 < m["final_sigmoid_loss"]   # LocCa on by default
     for key in ("i2t_top1", "t2i_top1", "probe_count", "probe_color", "probe_shape", "probe_position",
                 "probe_patch_color", "probe_random_color"):
         assert 0.0 <= m[key] <= 1.0, key
@@ -105,3 +106,41 @@ def test_config_checks():
         siglip_preset("quick", {"patch_size": 7})
     with pytest.raises(ConfigError, match="unknown SiglipRecipeConfig preset"):
         siglip_preset("huge")
+
+
+def test_locca_caption_loss_reads_the_patch_tokens_and_learns():
+    """The decoder's loss depends on the patch tokens (cross-attention), ignores padding, and a
+    few steps on one batch bring it down: a tower trained with it must keep what the caption says."""
+    from unimodal.shapes.recipe.locca import CaptionDecoder, caption_loss
+
+    torch.manual_seed(0)
+    dec = CaptionDecoder(vocab_size=20, width=16, layers=1, heads=2, max_length=8)
+    patches = torch.randn(4, 9, 16, requires_grad=True)
+    ids = torch.tensor([[3, 4, 5, 0, 0, 0, 0, 0], [6, 7, 0, 0, 0, 0, 0, 0], [3, 9, 9, 9, 0, 0, 0, 0], [5, 5, 0, 0, 0, 0, 0, 0]])
+    loss = caption_loss(dec, patches, ids, pad_id=0)
+    loss.backward()
+    assert patches.grad.abs().sum() > 0
+    shorter = ids[:, :5]              # the same captions with less padding: causal, pads not targets
+    assert torch.allclose(caption_loss(dec, patches, ids, 0), caption_loss(dec, patches, shorter, 0), atol=1e-6)
+    opt = torch.optim.Adam(dec.parameters(), 1e-2)
+    first = caption_loss(dec, patches.detach(), ids, 0).item()
+    for _ in range(30):
+        opt.zero_grad()
+        caption_loss(dec, patches.detach(), ids, 0).backward()
+        opt.step()
+    assert caption_loss(dec, patches.detach(), ids, 0).item() < 0.5 * first
+
+
+def test_locca_off_trains_the_sigmoid_loss_alone(tmp_path):
+    from unimodal.shapes.recipe.siglip import SiglipTrainer, build_siglip
+    from unimodal.text.tokenizer import load_tokenizer
+
+    train_shapes_tokenizer(tokenizer_preset("quick", {"out_dir": str(tmp_path / "tok"), "num_scenes": 40}))
+    tok, _ = load_tokenizer(str(tmp_path / "tok"))
+    cfg = siglip_preset("quick", {"tokenizer": str(tmp_path / "tok"), "locca_weight": 0.0})
+    trainer = SiglipTrainer(build_siglip(cfg, tok, seed=0), None, 0.0, tok.pad_token_id)
+    ids = torch.randint(0, len(tok), (4, cfg.text_max_length))
+    loss, sigmoid, cap = trainer(ids, torch.rand(4, 3, 64, 64) * 2 - 1, ids)
+    assert cap is None and torch.equal(loss, sigmoid)
+    with pytest.raises(ConfigError, match="locca_weight"):
+        siglip_preset("quick", {"locca_weight": -1.0})

@@ -6,6 +6,9 @@ the SigLIP paper (Zhai et al. 2023, eq. 1), so nothing here re-implements the ob
 vision tower is exported as a `SiglipVisionModel` directory: `unimodal.rae.encoders` (family
 "siglip2", pixel mean/std 0.5) loads it as the frozen encoder of the RAE.
 
+SigLIP 2 adds decoder losses (LocCa) to the sigmoid loss; `locca_weight` > 0 trains the caption
+decoder of `unimodal.shapes.recipe.locca` on the patch tokens alongside (dropped at export).
+
 Text side: our tokenizer, captions padded to a fixed `text_max_length` with no attention mask and
 pooled at the last position, as SigLIP is trained (`padding="max_length"`).
 """
@@ -22,6 +25,7 @@ import torch
 from unimodal.config import Config, ConfigError
 from unimodal.shapes.config import ShapesConfig
 from unimodal.shapes.recipe.common import StepLog, finish_stage, open_stage, preset_config
+from unimodal.shapes.recipe.locca import CaptionDecoder, caption_loss
 from unimodal.train.config import TrainConfig
 from unimodal.train.engine import TrainEngine
 from unimodal.train.loop import ResumableBatchSampler
@@ -54,6 +58,10 @@ class SiglipRecipeConfig(Config):
     retrieval_batch: int = 64          # candidates per retrieval query (chance = 1 / this)
     probe_scenes: int = 2000           # held-out probe scenes (split "val", after the retrieval ones)
     probe_train_fraction: float = 0.75
+    # SigLIP 2's LocCa decoder loss on the unpooled patch tokens (0 = sigmoid loss alone); the
+    # decoder is `locca_layers` deep at the vision width and predicts each scene's long description.
+    locca_weight: float = 1.0
+    locca_layers: int = 2
     # SigLIP paper init: t' = log 10, b = -10, so the many negatives start near zero loss.
     init_logit_scale: float = math.log(10.0)
     init_logit_bias: float = -10.0
@@ -77,6 +85,8 @@ class SiglipRecipeConfig(Config):
             raise ConfigError(f"need 2 <= retrieval_batch <= eval_scenes; got {self.retrieval_batch}, {self.eval_scenes}")
         if not 0 < self.probe_train_fraction < 1 or self.probe_scenes < 8:
             raise ConfigError("probe_train_fraction must be in (0, 1) and probe_scenes >= 8")
+        if self.locca_weight < 0 or self.locca_layers < 1:
+            raise ConfigError(f"need locca_weight >= 0 and locca_layers >= 1, got {self.locca_weight} / {self.locca_layers}")
         if self.logit_lr_mult <= 0:
             raise ConfigError(f"logit_lr_mult must be > 0, got {self.logit_lr_mult}")
         if self.train.batch_size < 2 or (self.shape_twins and self.train.batch_size % 2):
@@ -123,6 +133,24 @@ def build_siglip(cfg: SiglipRecipeConfig, tokenizer, seed: int):
     return model
 
 
+class SiglipTrainer(torch.nn.Module):
+    """The SigLIP model and (with LocCa) its caption decoder as one module for the engine:
+    returns (total loss, sigmoid loss, caption loss or None)."""
+
+    def __init__(self, siglip, captioner: CaptionDecoder | None, locca_weight: float, pad_id: int):
+        super().__init__()
+        self.siglip, self.captioner = siglip, captioner
+        self.locca_weight, self.pad_id = locca_weight, pad_id
+
+    def forward(self, input_ids: torch.Tensor, pixel_values: torch.Tensor, caption_ids: torch.Tensor):
+        out = self.siglip(input_ids=input_ids, pixel_values=pixel_values, return_loss=True)   # sigmoid loss
+        if self.captioner is None:
+            return out.loss, out.loss, None
+        patches = out.vision_model_output.last_hidden_state                               # [B, N, D]
+        cap = caption_loss(self.captioner, patches, caption_ids, self.pad_id)
+        return out.loss + self.locca_weight * cap, out.loss, cap
+
+
 def normalize_pixels(images_u8: torch.Tensor) -> torch.Tensor:
     """uint8 [B, 3, H, W] -> SigLIP input in [-1, 1]."""
     return (images_u8.float() / 255.0 - PIXEL_MEAN) / PIXEL_STD
@@ -138,7 +166,7 @@ def param_groups(model: torch.nn.Module, weight_decay: float, lr: float, logit_l
     the logit scale/bias train at `logit_lr_mult` times the lr."""
     decay, free, logit = [], [], []
     for name, p in model.named_parameters():
-        if name in ("logit_scale", "logit_bias"):
+        if name.rsplit(".", 1)[-1] in ("logit_scale", "logit_bias"):
             logit.append(p)
         elif p.ndim >= 2 and "position_embedding" not in name and "probe" not in name:
             decay.append(p)
@@ -220,11 +248,17 @@ def train_siglip(cfg: SiglipRecipeConfig, progress: bool = True) -> SiglipResult
                 f"({time.time() - t0:.1f} s)")
 
     model = build_siglip(cfg, tokenizer, seed=cfg.train.seed)
-    model.train()
+    captioner = None
+    if cfg.locca_weight > 0:
+        captioner = CaptionDecoder(len(tokenizer), cfg.vision_hidden_size, cfg.locca_layers, cfg.vision_heads,
+                                   cfg.text_max_length)
+    trainer = SiglipTrainer(model, captioner, cfg.locca_weight, tokenizer.pad_token_id).train()
     n_params = sum(p.numel() for p in model.parameters())
     n_vision = sum(p.numel() for p in model.vision_model.parameters())
-    logger.info(f"siglip: {n_params / 1e6:.2f}M parameters (vision {n_vision / 1e6:.2f}M)")
-    engine = TrainEngine(model, param_groups(model, cfg.train.weight_decay, cfg.train.lr, cfg.logit_lr_mult),
+    n_captioner = sum(p.numel() for p in captioner.parameters()) if captioner is not None else 0
+    logger.info(f"siglip: {n_params / 1e6:.2f}M parameters (vision {n_vision / 1e6:.2f}M), "
+                f"LocCa caption decoder {n_captioner / 1e6:.2f}M (weight {cfg.locca_weight})")
+    engine = TrainEngine(trainer, param_groups(trainer, cfg.train.weight_decay, cfg.train.lr, cfg.logit_lr_mult),
                          train_cfg=cfg.train)
     # Per-sample seeds: the caption drawn for a scene depends on (seed, epoch, index) only. With
     # twins the sampler deals base scenes, half a batch, and each brings its twin.
@@ -235,17 +269,19 @@ def train_siglip(cfg: SiglipRecipeConfig, progress: bool = True) -> SiglipResult
         index, captions = train_set.batch(next(batches), cfg.shapes.long_caption_prob)
         ids = encode_text(tokenizer, captions, cfg.text_max_length)           # [B, text_max_length]
         pixels = normalize_pixels(train_set.images[index])                     # [B, 3, H, W] in [-1, 1]
+        long_ids = encode_text(tokenizer, [train_set.captions[i]["long"][0] for i in index], cfg.text_max_length)
         with engine.autocast():
-            loss = engine(input_ids=ids, pixel_values=pixels, return_loss=True).loss  # sigmoid loss
+            loss, sigmoid, cap = engine(ids, pixels, long_ids)
         engine.backward(loss)
         out = engine.step()
         engine.set_lr(step + 1)
+        parts = {"sigmoid_loss": sigmoid.item()} | ({"caption_loss": cap.item()} if cap is not None else {})
         log.update(step, loss, out.grad_norm, engine.lrs()[0], logit_scale=model.logit_scale.exp().item(),
-                   logit_bias=model.logit_bias.item())
+                   logit_bias=model.logit_bias.item(), **parts)
     train_seconds = log.close()
 
     t2 = time.time()
-    metrics = {"first_loss": log.first, "final_train_loss": log.smooth,
+    metrics = {"first_loss": log.first, "final_train_loss": log.smooth, **{f"final_{k}": v for k, v in parts.items()},
                **evaluate_siglip(model, tokenizer, cfg, eval_set, probe_set), "params": n_params,
                "train_seconds": train_seconds, "eval_seconds": time.time() - t2,
                "total_seconds": time.time() - t0, "total_cpu_seconds": time.process_time() - cpu0}
