@@ -41,6 +41,27 @@ def test_joint_loss_falls_on_a_tiny_batch():
     assert losses[-1][0] < 0.75 * losses[0][0] and losses[-1][1] < losses[0][1]
 
 
+def test_fm_repeats_noise_each_target_k_times_under_one_condition():
+    m = tiny_model(seed=0)
+    caps, lat = _toy(m, 3)
+    batch = collate([m.chat.encode(m.chat.generate_chat(c, target=i)) for i, c in enumerate(caps)], m.chat.pad_id)
+    seen = {}
+
+    def spy(x_t, t, cond, drop=None):
+        seen.update(x=x_t, t=t, cond=cond)
+        return torch.zeros_like(x_t)
+
+    dit_forward, m.dit.forward = m.dit.forward, spy
+    out = joint_loss(m, batch, lat, fm_repeats=4, generator=torch.Generator().manual_seed(0))
+    m.dit.forward = dit_forward
+    assert out.num_images == 3 and seen["x"].shape[0] == 12 and seen["t"].shape == (12,)
+    cond = seen["cond"].view(3, 4, *seen["cond"].shape[1:])
+    assert torch.equal(cond, cond[:, :1].expand_as(cond))     # one LLM pass, repeated per draw
+    assert len(set(seen["t"].tolist())) == 12                 # independent times
+    with pytest.raises(ValueError, match="fm_repeats"):
+        JointLoss(m, fm_repeats=0)
+
+
 def test_condition_dropout_cuts_the_llm_out_of_the_flow_loss():
     m = tiny_model(seed=0)
     configure_trainable(m, "full")

@@ -51,6 +51,7 @@ class UnifiedStageConfig(Config):
     unfreeze: list[str] = dataclasses.field(default_factory=list)   # LLM parameter name substrings
     mix: TaskMix = dataclasses.field(default_factory=TaskMix)
     fm_weight: float = 2.0                # lambda of CE + lambda * flow matching (Scale-RAE: 2.0)
+    fm_repeats: int = 1                   # (time, noise) draws per generation target (unimodal.unified.loss)
     llm_lr: float = 5.65e-5
     llm_betas: tuple[float, float] = (0.9, 0.999)
     dit_lr: float = 5.65e-4
@@ -65,6 +66,8 @@ class UnifiedStageConfig(Config):
     def __post_init__(self) -> None:
         if self.fm_weight < 0:
             raise ConfigError(f"fm_weight must be >= 0, got {self.fm_weight}")
+        if self.fm_repeats < 1:
+            raise ConfigError(f"fm_repeats must be >= 1, got {self.fm_repeats}")
         if self.llm_lr <= 0 or self.dit_lr <= 0:
             raise ConfigError(f"llm_lr and dit_lr must be > 0, got {self.llm_lr} / {self.dit_lr}")
         if self.dataset == "images" and not self.data.captions:
@@ -158,7 +161,7 @@ def run_stage(cfg: UnifiedStageConfig, deepspeed_config: str | None, stage: str,
     hooks.configure(model)
     groups = param_groups(model, llm_lr=cfg.llm_lr, llm_betas=cfg.llm_betas, dit_lr=cfg.dit_lr, dit_betas=cfg.dit_betas,
                           weight_decay=tc.weight_decay)
-    engine = TrainEngine(JointLoss(model, cfg.fm_weight, cfg.model.shift), groups, train_cfg=tc,
+    engine = TrainEngine(JointLoss(model, cfg.fm_weight, cfg.model.shift, cfg.fm_repeats), groups, train_cfg=tc,
                          deepspeed_config=deepspeed_config, dist=dist)
     model = engine.module.model
     ema = EMA(model, tc.ema_decay) if tc.ema_decay is not None else None

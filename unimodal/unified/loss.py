@@ -6,6 +6,9 @@ The flow term: the LLM's hidden states at the queries -> connector -> token cond
 DiT, which predicts the velocity of the target latent noised at a logit-normal time moved by the
 dimension shift; with probability `dit.cond_dropout` (10 %) a sample's whole conditioning is
 swapped for the DiT's learned null vector, which is what classifier-free guidance needs later.
+With `fm_repeats` = k > 1 each target is noised at k independent (time, noise) draws under the
+same conditioning (MAR's diffusion batch multiplier, Li et al. 2024): the DiT gets k times the
+samples per LLM pass, which is the cheap half of a step.
 """
 from __future__ import annotations
 
@@ -38,7 +41,7 @@ def _touch(*modules: nn.Module) -> torch.Tensor:
 
 
 def joint_loss(model, batch: ChatBatch, latents: torch.Tensor | None, *, fm_weight: float = 2.0,
-               time_dist: str = "logit_normal", shift: float | None = None,
+               time_dist: str = "logit_normal", shift: float | None = None, fm_repeats: int = 1,
                generator: torch.Generator | None = None) -> LossOutput:
     """`latents` [M, N, C] hold every image of the batch; `batch.read_refs` / `batch.write_refs`
     pick the ones read (understanding inputs) and written (generation targets)."""
@@ -66,6 +69,9 @@ def joint_loss(model, batch: ChatBatch, latents: torch.Tensor | None, *, fm_weig
         dt = next(model.dit.parameters()).dtype                              # bf16 under a DeepSpeed bf16 engine
         x0 = latents[refs].to(device, dt)                                    # [G, N, C]
         cond = model.condition(out.query_hidden).to(dt)                      # [G, N, Dc]
+        if fm_repeats > 1:
+            x0, cond = x0.repeat_interleave(fm_repeats, 0), cond.repeat_interleave(fm_repeats, 0)
+            g = x0.shape[0]
         alpha = shift if shift is not None else dimension_shift(x0.shape[1], x0.shape[2])
         t = sample_time(g, dist=time_dist, shift=alpha, generator=generator, device=device)
         noise = torch.randn(x0.shape, generator=generator, device=device).to(dt)
@@ -75,18 +81,22 @@ def joint_loss(model, batch: ChatBatch, latents: torch.Tensor | None, *, fm_weig
         fm = torch.zeros((), device=device)
         extra = extra + _touch(model.queries, model.connector, model.dit).to(device)
     loss = ce + fm_weight * fm + extra
-    return LossOutput(loss, ce.detach(), fm.detach(), n_text, g)
+    return LossOutput(loss, ce.detach(), fm.detach(), n_text, g // max(fm_repeats, 1))
 
 
 class JointLoss(nn.Module):
     """The model plus its objective as one module, so a training engine (DDP / DeepSpeed) wraps
     everything trainable and `engine(batch, latents)` returns a :class:`LossOutput`."""
 
-    def __init__(self, model: nn.Module, fm_weight: float = 2.0, shift: float | None = None):
+    def __init__(self, model: nn.Module, fm_weight: float = 2.0, shift: float | None = None, fm_repeats: int = 1):
         super().__init__()
+        if fm_repeats < 1:
+            raise ValueError(f"fm_repeats must be >= 1, got {fm_repeats}")
         self.model = model
         self.fm_weight = fm_weight
         self.shift = shift
+        self.fm_repeats = fm_repeats
 
     def forward(self, batch: ChatBatch, latents: torch.Tensor | None) -> LossOutput:
-        return joint_loss(self.model, batch, latents, fm_weight=self.fm_weight, shift=self.shift)
+        return joint_loss(self.model, batch, latents, fm_weight=self.fm_weight, shift=self.shift,
+                          fm_repeats=self.fm_repeats)
