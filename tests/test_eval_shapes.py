@@ -2,6 +2,7 @@
 stand-in that renders right or wrong scenes (so the analytic scorer's verdicts are known) and a
 perfect yes_prob judge next to an uninformative likelihood judge; the scaling plot is written."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -93,6 +94,12 @@ def test_shapes_eval_run(tmp_path):
     results = [json.loads(t) for t in (out / "results.jsonl").read_text().splitlines()]
     assert len(results) == 16 and all("/samples/" in r["filename"] for r in results)
     assert sum(r["correct"] for r in results) == round(best["correct_images"] * 16)
+    # Every judge re-ranks the same candidates; the ranking judge's curve ends at best_of_n.
+    curves = summary["scaling"]["curves"]
+    assert summary["scaling"]["ns"] == [4, 6] and set(curves) == {"yes_prob", "likelihood", "random", "oracle"}
+    assert curves["yes_prob"][-1]["overall"] == pytest.approx(best["overall"])
+    assert curves["yes_prob"][0]["overall"] == pytest.approx(single["overall"])
+    assert Path(summary["plot"]).is_file()
 
 
 def test_scaling_run_writes_json_and_plot(tmp_path):

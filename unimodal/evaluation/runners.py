@@ -236,8 +236,11 @@ def _score_shapes(items, layout, rng, cfg):
 def run_shapes(opts: RunOptions, shapes_config: str | None = None, metadata: str | None = None, split: str = "all",
                generator: ImageGenerator | None = None) -> tuple[dict[str, Any], int]:
     """ShapesEval: generate in GenEval's layout, score every image with the analytic scorer, report
-    "single" (no selection) and, with n > keep, self-verified "best_of_n", overall and per split."""
-    from unimodal.evaluation.analysis import shapes_report
+    "single" (no selection) and, with n > keep, self-verified "best_of_n", overall and per split;
+    with n > keep also every judge's best-of-N for N = keep, 2 keep, 4 keep, ..., n beside the
+    random-pick and oracle references (both judges' scores are recorded with every candidate),
+    plotted as PNG."""
+    from unimodal.evaluation.analysis import plot_scaling, scaling_report, shapes_report
     from unimodal.shapes import format_summary, holdout_of
 
     if not opts.save_rejected and opts.n > opts.keep:
@@ -251,6 +254,12 @@ def run_shapes(opts: RunOptions, shapes_config: str | None = None, metadata: str
     table = _score_shapes(items, layout, rng, cfg)
     if table is not None:
         summary["scores"] = shapes_report(table, opts.n, opts.keep, opts.selection_judge, holdout_of(cfg))
+        if opts.selection_judge is not None:
+            ns = sorted({min(opts.keep * 2 ** k, opts.n) for k in range(opts.n.bit_length() + 1)})
+            summary["scaling"] = scaling_report(table, ns, opts.keep, list(JUDGES))
+            plot = _run_file(layout.meta_dir, rng, len(items), "scaling", ".png")
+            plot_scaling(summary["scaling"], plot, title="ShapesEval: best-of-N by each judge")
+            summary["plot"] = str(plot)
         # GenEval's results.jsonl for the benchmark images (what evaluate_images.py would write).
         results = [c["result"] for p in table for c in p["candidates"] if c["kept"]]
         atomic_write_text(_run_file(layout.meta_dir, rng, len(items), "results", ".jsonl"),

@@ -8,6 +8,8 @@
 - Judge accuracy on those scenes: P(yes) for the scene's own caption > 0.5 and for another
   scene's caption < 0.5 (the self-verification signal, on real latents).
 - Decoder PSNR of eval-mode reconstructions of held-out renders.
+- ShapesEval of reconstructions: the ground-truth render of every evaluated prompt, encoded and
+  decoded; the ceiling that generation through this encoder and decoder can reach.
 """
 from __future__ import annotations
 
@@ -162,6 +164,20 @@ def understanding_metrics(model, cfg: ShapesConfig, ecfg: RecipeEvalConfig) -> d
                 {"truth": own[i], "caption": texts[i], "correct": right[i]} for i in range(min(6, k))]}
 
 
+@torch.no_grad()
+def reconstruction_shapes_eval(model, cfg: ShapesConfig, lines: list[dict[str, Any]]) -> dict[str, Any]:
+    """ShapesEval (mean of tag accuracies) of RAE reconstructions of each line's ground-truth render."""
+    from unimodal.shapes.renders import render_metadata
+    from unimodal.shapes.scene import image_to_tensor
+    from unimodal.shapes.scorer import score_image, summarize
+
+    images = torch.stack([image_to_tensor(render_metadata(line, cfg)) for line in lines])
+    recon = model.rae.reconstruct(images.to(model.device)).float().clamp(0, 1).cpu()
+    pixels = (recon.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
+    summary = summarize(score_image(px, line, cfg) for px, line in zip(pixels, lines))
+    return {"shapes_eval_reconstruction": summary["overall"], "shapes_eval_reconstruction_tags": summary["tags"]}
+
+
 def evaluate_model(model_dir: str | Path, out_dir: str | Path, shapes: ShapesConfig, ecfg: RecipeEvalConfig,
                    progress: bool = True) -> dict[str, Any]:
     """All checks of the module docstring; writes `out_dir/metrics.json` and returns the metrics."""
@@ -173,13 +189,14 @@ def evaluate_model(model_dir: str | Path, out_dir: str | Path, shapes: ShapesCon
     shapes_json = out_dir / "shapes_config.json"
     shapes.save_json(shapes_json)
     meta = out_dir / "shapes_metadata_subset.jsonl"
-    text = "".join(json.dumps(line) + "\n" for line in _subset_metadata(shapes, ecfg.prompts_per_tag))
+    lines = _subset_metadata(shapes, ecfg.prompts_per_tag)
+    text = "".join(json.dumps(line) + "\n" for line in lines)
     if not meta.is_file() or meta.read_text() != text:
         atomic_write_text(meta, text)
 
     model = UnifiedModel.from_pretrained(model_dir).eval()
     torch.manual_seed(ecfg.seed)
-    metrics = understanding_metrics(model, shapes, ecfg)
+    metrics = understanding_metrics(model, shapes, ecfg) | reconstruction_shapes_eval(model, shapes, lines)
 
     from unimodal.evaluation.generator import UnifiedGenerator
 
@@ -202,5 +219,9 @@ def evaluate_model(model_dir: str | Path, out_dir: str | Path, shapes: ShapesCon
         if "best_of_n" in rows:
             metrics[f"shapes_eval_best_of_{ecfg.n}_{split}"] = rows["best_of_n"]["overall"]
     metrics["shapes_eval_prompts"] = len(text.splitlines())
+    if "scaling" in summary:   # the same candidates re-ranked by each judge at N = 1, 2, 4, ..., n
+        metrics["scaling"] = {name: {str(p["n"]): p["overall"] for p in points}
+                              for name, points in summary["scaling"]["curves"].items()}
+        metrics["scaling_plot"] = summary["plot"]
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
