@@ -17,7 +17,9 @@ def add_parser(subparsers) -> None:
                    help="also copy the final model with its MANIFEST.json to DIR (e.g. models/shapes)")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
     s.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (1 is much faster on a machine shared with other jobs)")
+                   help="torch CPU threads, split with the decoder stage's child process while it runs")
+    s.add_argument("--sequential", action="store_true",
+                   help="train the decoder in this process too, in stage order (no child process)")
     s.set_defaults(func=run)
 
 
@@ -33,7 +35,7 @@ def run(args) -> int:
 
     preset = "quick" if args.quick else "full"
     root = args.root or ("runs/recipe_shapes_quick" if args.quick else "runs/recipe_shapes")
-    manifest = main(root, preset, progress=not args.no_progress, publish_to=args.publish)
-    print(json.dumps({k: manifest[k] for k in ("command", "stage_seconds", "total_seconds")}
+    manifest = main(root, preset, progress=not args.no_progress, publish_to=args.publish, parallel=not args.sequential)
+    print(json.dumps({k: manifest[k] for k in ("command", "stage_seconds", "total_seconds", "wall_seconds")}
                      | {"metrics": manifest["metrics"].get("evaluate", {})}, default=str))
     return 0

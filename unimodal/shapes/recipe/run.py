@@ -2,7 +2,7 @@
 
 Stages, each writing under `root`:
   (a) tokenizer   byte-level BPE on Shapes captions                 recipe.tokenizer
-  (b) siglip      tiny SigLIP-2 (sigmoid loss), vision tower export  recipe.siglip
+  (b) siglip      tiny SigLIP-2 (sigmoid + LocCa caption loss)       recipe.siglip
   (c) language    tiny Qwen2 LM on captions + ChatML                 recipe.language
   (d) decoder     RAE ViT decoder on the frozen tiny SigLIP-2        unimodal.train.decoder
   (e) pretrain    unified t2i + captioning + judging                 unimodal.train.pretrain
@@ -12,7 +12,9 @@ Stages, each writing under `root`:
   (h) manifest    `root/model/MANIFEST.json` (config, command, commit, stage times, metrics)
 A stage whose marker `root/markers/<stage>.json` exists is skipped, so rerunning the command
 resumes; stages (d)-(f) also resume mid-way from their own checkpoints. Markers hold the stage's
-wall time and metrics. Presets below are overrides of each stage's own config class, so every key
+wall time and metrics. The decoder (d) needs only the frozen encoder and nothing before `assemble`
+needs it, so it trains in a child process (the second core) while (c), (e) and (f) run here; the
+threads are split between the two while both run (`parallel=False` runs everything in order). Presets below are overrides of each stage's own config class, so every key
 is checked (unknown keys and wrong types raise).
 """
 from __future__ import annotations
@@ -32,38 +34,42 @@ from unimodal.shapes.config import ShapesConfig
 
 log = logging.getLogger("unimodal.recipe")
 
-STAGES = ("tokenizer", "siglip", "language", "decoder", "pretrain", "finetune", "assemble", "evaluate")
+STAGES = ("tokenizer", "siglip", "decoder", "language", "pretrain", "finetune", "assemble", "evaluate")
+# Stage -> the stage that waits for it; started in a child process when reached (see the docstring).
+BACKGROUND = {"decoder": "assemble"}
 
 # Full: about an hour on 2 CPU cores (latents 8 x 8 tokens x 96 channels, 64 px images).
 _FULL: dict[str, dict[str, Any]] = {
     "tokenizer": {},
     "siglip": dict(vision_hidden_size=96, vision_layers=3, vision_heads=4, vision_mlp=384, text_hidden_size=96,
-                   text_layers=2, text_heads=4, text_mlp=384, num_train_scenes=3000, eval_scenes=256,
-                   retrieval_batch=32, probe_scenes=400,
-                   train=dict(total_steps=200, batch_size=32, warmup_steps=20, log_every=20)),
+                   text_layers=2, text_heads=4, text_mlp=384, num_train_scenes=4000, eval_scenes=256,
+                   retrieval_batch=32, probe_scenes=400, shape_twins=True, locca_weight=1.0,
+                   train=dict(total_steps=600, batch_size=32, warmup_steps=30, log_every=50)),
     "language": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
                      intermediate_size=344, num_scenes=4000, eval_scenes=300,
                      train=dict(total_steps=250, warmup_steps=25, log_every=25)),
     "decoder": dict(
-        # L1 alone stays at the grey background's median for hundreds of steps (objects cover ~15%
-        # of the pixels); the encoder-feature loss at full weight pulls the objects in.
+        # The encoder-feature loss at weight 1 swamps L1 on a trained tower (its feature distances
+        # are ~100x a random tower's) and stalls reconstruction near 19 dB; at 0.05 it still pulls
+        # the objects off the grey background's median. Many scenes: a trained tower's latents let
+        # the decoder memorise a few thousand images (train L1 falls, held-out PSNR does not).
         rae=dict(decoder=dict(hidden_size=128, num_layers=4, num_heads=4, intermediate_size=512, noise_tau=0.1)),
-        loss=dict(perceptual="encoder", perceptual_weight=1.0, gan_weight=0.0),
-        data=dict(synthetic_images=20000), eval_images=8, eval_split="eval",
-        train=dict(total_steps=1200, batch_size=16, lr=2e-3, min_lr=1e-4, warmup_steps=30, ema_decay=0.995,
-                   log_every=50, ckpt_every=200, sample_every=200)),
+        loss=dict(perceptual="encoder", perceptual_weight=0.05, gan_weight=0.0),
+        data=dict(synthetic_images=80000), eval_images=8, eval_split="eval",
+        train=dict(total_steps=5000, batch_size=32, lr=2e-3, min_lr=1e-4, warmup_steps=50, ema_decay=0.998,
+                   log_every=100, ckpt_every=250, sample_every=500)),
     "pretrain": dict(
-        model=dict(dit=dict(hidden_size=128, depth=4, num_heads=4, cond_dim=128), connector_depth=1,
-                   num_steps=20, cfg_scale=3.0),
-        mix=dict(t2i=0.6, caption=0.25, judge=0.15), llm_lr=1e-3, dit_lr=2e-3,
-        data=dict(synthetic_images=20000, shapes_captions="mixed"),
-        train=dict(total_steps=650, batch_size=16, lr=1e-3, min_lr=1e-4, warmup_steps=30, ema_decay=0.99,
-                   log_every=25, ckpt_every=100, sample_every=0)),
+        model=dict(dit=dict(hidden_size=192, depth=6, num_heads=6, cond_dim=192), connector_depth=1,
+                   num_steps=25, cfg_scale=3.0),
+        mix=dict(t2i=0.6, caption=0.25, judge=0.15), llm_lr=1e-3, dit_lr=2e-3, fm_repeats=2,
+        data=dict(synthetic_images=80000, shapes_captions="mixed"),
+        train=dict(total_steps=1400, batch_size=16, lr=1e-3, min_lr=1e-4, warmup_steps=30, ema_decay=0.995,
+                   log_every=50, ckpt_every=200, sample_every=0)),
     "finetune": dict(
-        # Longer than pretraining: on the GenEval-phrased subset the DiT gets most of the updates.
-        mix=dict(t2i=0.7, caption=0.1, judge=0.2), llm_lr=3e-4, dit_lr=1e-3,
-        data=dict(synthetic_images=20000, shapes_captions="geneval"),
-        train=dict(total_steps=1400, batch_size=16, lr=1e-3, min_lr=5e-5, warmup_steps=20, ema_decay=0.995,
+        # On the GenEval-phrased subset the DiT gets most of the updates.
+        mix=dict(t2i=0.7, caption=0.1, judge=0.2), llm_lr=3e-4, dit_lr=1e-3, fm_repeats=2,
+        data=dict(synthetic_images=80000, shapes_captions="geneval"),
+        train=dict(total_steps=1000, batch_size=16, lr=1e-3, min_lr=5e-5, warmup_steps=20, ema_decay=0.995,
                    log_every=50, ckpt_every=200, sample_every=0)),
     "evaluate": dict(prompts_per_tag=16, n=8, caption_scenes=64, psnr_images=64),
 }
@@ -108,10 +114,10 @@ def merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
 class Recipe:
     """The stages of one recipe run under `root` (see the module docstring)."""
 
-    def __init__(self, root: str | Path, preset: str = "full", progress: bool = True):
+    def __init__(self, root: str | Path, preset: str = "full", progress: bool = True, parallel: bool = True):
         if preset not in RECIPE_PRESETS:
             raise ConfigError(f"unknown recipe preset {preset!r}; choose one of {sorted(RECIPE_PRESETS)}")
-        self.root, self.preset, self.progress = Path(root), preset, progress
+        self.root, self.preset, self.progress, self.parallel = Path(root), preset, progress, parallel
         self.p = RECIPE_PRESETS[preset]
         self.shapes = ShapesConfig()   # the default world: 64 px, GenEval colours, 7 shapes
         self.markers = self.root / "markers"
@@ -152,14 +158,16 @@ class Recipe:
                           train=merge(p["train"], dict(run_dir=str(self.path("decoder")))), device=None))
 
     def pretrain_config(self) -> dict[str, Any]:
+        """The unified stages train on encoder latents only: the RAE here is the decoder stage's
+        config with the tower loaded from `siglip/vision`; `assemble` installs the trained decoder."""
         p = self.p["pretrain"]
-        rae = json.loads(self.path("decoder", "export", "config.json").read_text())
+        rae = self.decoder_config()["rae"]
         enc = rae["encoder"]
         n_tokens = (enc["image_size"] // enc["patch_size"]) ** 2
         dit = merge(dict(in_channels=enc["hidden_size"], num_tokens=n_tokens, cond_mode="tokens"), p["model"]["dit"])
         model = merge({k: v for k, v in p["model"].items() if k != "dit"},
                       dict(llm={}, init_llm_from=str(self.path("lm", "model")), tokenizer_path=None, rae=rae,
-                           init_rae_from=str(self.path("decoder", "export")), dit=dit))
+                           init_rae_from=None, dit=dit))
         return merge({k: v for k, v in p.items() if k not in ("model", "data", "train")},
                      dict(model=model, dataset="images", data=self._data(p["data"], captions=True),
                           train=merge(p["train"], dict(run_dir=str(self.path("pretrain")))), device=None))
@@ -270,6 +278,7 @@ class Recipe:
         return {"recipe": "shapes", "preset": self.preset, "command": f"unimodal recipe shapes{flag} --root {self.root}",
                 "shapes_config": self.shapes.to_dict(), "presets": self.p,
                 "stage_seconds": seconds, "total_seconds": round(sum(seconds.values()), 1),
+                "wall_seconds": round(wall_seconds(seconds, self.parallel), 1),
                 "metrics": {s: m["metrics"] for s, m in stages.items()},
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
@@ -289,25 +298,87 @@ class Recipe:
         return self._write_marker(stage, float(metrics.get(files[stage][1], 0.0)), metrics, adopted=True)
 
     def run(self, stages: tuple[str, ...] = STAGES) -> dict[str, Any]:
-        """Run every unfinished stage in order; returns the manifest."""
+        """Run every unfinished stage in order (BACKGROUND stages in a child process); returns the manifest."""
+        import torch
+
         self.root.mkdir(parents=True, exist_ok=True)
         if not self.shapes_json.is_file():
             self.shapes.save_json(self.shapes_json)
-        for k, stage in enumerate(stages, 1):
-            done = self.marker(stage) or self._adopt(stage)
-            if done is not None:
-                log.info(f"[recipe {k}/{len(stages)}] {stage}: done ({done['seconds']:.0f} s), skipped")
-                continue
-            log.info(f"[recipe {k}/{len(stages)}] {stage}: running")
-            t0 = time.time()
-            metrics = getattr(self, f"run_{stage}")()
-            rec = self._write_marker(stage, time.time() - t0, metrics)
-            log.info(f"[recipe {k}/{len(stages)}] {stage}: finished in {rec['seconds']:.0f} s "
-                     f"{json.dumps(_short(metrics))}")
+        threads = torch.get_num_threads()
+        children: dict[str, Any] = {}
+        try:
+            for k, stage in enumerate(stages, 1):
+                for bg in [b for b, until in BACKGROUND.items() if until == stage and b in children]:
+                    self._join(bg, children.pop(bg))
+                    torch.set_num_threads(threads)
+                done = self.marker(stage) or self._adopt(stage)
+                if done is not None:
+                    log.info(f"[recipe {k}/{len(stages)}] {stage}: done ({done['seconds']:.0f} s), skipped")
+                    continue
+                if self.parallel and BACKGROUND.get(stage) in stages:
+                    child_threads = max(1, threads // 2)
+                    children[stage] = self._start(stage, child_threads)
+                    torch.set_num_threads(max(1, threads - child_threads))
+                    log.info(f"[recipe {k}/{len(stages)}] {stage}: running in a child process "
+                             f"(pid {children[stage].pid}, log {self.root / stage})")
+                    continue
+                log.info(f"[recipe {k}/{len(stages)}] {stage}: running")
+                t0 = time.time()
+                metrics = getattr(self, f"run_{stage}")()
+                rec = self._write_marker(stage, time.time() - t0, metrics)
+                log.info(f"[recipe {k}/{len(stages)}] {stage}: finished in {rec['seconds']:.0f} s "
+                         f"{json.dumps(_short(metrics))}")
+            for bg in list(children):
+                self._join(bg, children.pop(bg))
+        finally:
+            for child in children.values():   # the parent failed: stop the child (its stage resumes on rerun)
+                child.terminate()
+                child.join()
+            torch.set_num_threads(threads)
         if stages == STAGES:   # (h): cheap, so always redone (the manifest then lists every stage)
             info = self.run_model()
             log.info(f"[recipe] model: {info['model_dir']} ({info['size_bytes'] / 1e6:.1f} MB) with MANIFEST.json")
         return self.manifest()
+
+    def _start(self, stage: str, threads: int):
+        import multiprocessing
+
+        child = multiprocessing.get_context("spawn").Process(
+            target=_run_in_child, args=(str(self.root), self.preset, stage, threads), name=f"recipe-{stage}")
+        child.start()
+        return child
+
+    def _join(self, stage: str, child) -> None:
+        log.info(f"[recipe] waiting for {stage} (pid {child.pid})")
+        child.join()
+        rec = self.marker(stage)
+        if child.exitcode != 0 or rec is None:
+            raise RuntimeError(f"recipe stage {stage} failed in its child process (exit code {child.exitcode}); "
+                               f"see {self.root / stage} and rerun the command to resume it")
+        log.info(f"[recipe] {stage}: finished in {rec['seconds']:.0f} s {json.dumps(_short(rec['metrics']))}")
+
+
+def _run_in_child(root: str, preset: str, stage: str, threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
+    Recipe(root, preset, progress=False, parallel=False).run(stages=(stage,))
+
+
+def wall_seconds(seconds: dict[str, float], parallel: bool) -> float:
+    """Wall time of the stages as scheduled: a BACKGROUND stage overlaps the stages run from its
+    start to the stage that waits for it, so it adds only what outlasts them."""
+    total = sum(seconds.values())
+    if not parallel:
+        return total
+    for bg, until in BACKGROUND.items():
+        if bg not in seconds:
+            continue
+        overlapped = sum(seconds.get(s, 0.0) for s in STAGES[STAGES.index(bg) + 1:STAGES.index(until)])
+        total -= min(seconds[bg], overlapped)
+    return total
 
 
 def _short(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -357,10 +428,11 @@ def publish(model_dir: str | Path, dest: str | Path) -> Path:
     return dest
 
 
-def main(root: str, preset: str, progress: bool = True, publish_to: str | None = None) -> dict[str, Any]:
+def main(root: str, preset: str, progress: bool = True, publish_to: str | None = None,
+         parallel: bool = True) -> dict[str, Any]:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
-    recipe = Recipe(root, preset, progress=progress)
+    recipe = Recipe(root, preset, progress=progress, parallel=parallel)
     manifest = recipe.run()
     if publish_to is not None:
         publish(recipe.path("model"), publish_to)
