@@ -128,12 +128,6 @@ def browser():
             b.close()
 
 
-def sync_api_errors():
-    import playwright.sync_api
-
-    return playwright.sync_api
-
-
 def _artifacts(tmp_path) -> Path:
     d = Path(os.environ.get("UNIMODAL_TEST_ARTIFACTS") or tmp_path)
     d.mkdir(parents=True, exist_ok=True)
@@ -162,11 +156,13 @@ def test_browser_draws_critiques_and_shows_bad_input(server, browser, tmp_path):
     page.wait_for_function(f"document.querySelector('#status').innerText.includes('the limit is {PROMPT_LIMIT}')")
     fake = tmp_path / "notes.png"
     fake.write_text("not an image at all")
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     shown = "document.querySelector('#upload').innerText.includes('notes.png')"
     page.set_input_files("#upload input[type=file]", str(fake))
     try:
         page.wait_for_function(shown, timeout=30_000)
-    except sync_api_errors().TimeoutError:
+    except PlaywrightTimeout:
         # In a full suite run the file chooser sometimes drops the first file (2 of 3 suite runs,
         # never alone); choosing it again must work.
         page.set_input_files("#upload input[type=file]", str(fake))

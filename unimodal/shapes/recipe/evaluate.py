@@ -167,14 +167,14 @@ def understanding_metrics(model, cfg: ShapesConfig, ecfg: RecipeEvalConfig) -> d
 @torch.no_grad()
 def reconstruction_shapes_eval(model, cfg: ShapesConfig, lines: list[dict[str, Any]]) -> dict[str, Any]:
     """ShapesEval (mean of tag accuracies) of RAE reconstructions of each line's ground-truth render."""
+    from unimodal.evaluation.generator import tensor_to_pil
     from unimodal.shapes.renders import render_metadata
     from unimodal.shapes.scene import image_to_tensor
     from unimodal.shapes.scorer import score_image, summarize
 
     images = torch.stack([image_to_tensor(render_metadata(line, cfg)) for line in lines])
-    recon = model.rae.reconstruct(images.to(model.device)).float().clamp(0, 1).cpu()
-    pixels = (recon.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
-    summary = summarize(score_image(px, line, cfg) for px, line in zip(pixels, lines))
+    recon = model.rae.reconstruct(images.to(model.device))
+    summary = summarize(score_image(tensor_to_pil(r), line, cfg) for r, line in zip(recon, lines))
     return {"shapes_eval_reconstruction": summary["overall"], "shapes_eval_reconstruction_tags": summary["tags"]}
 
 

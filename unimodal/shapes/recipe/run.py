@@ -14,8 +14,9 @@ A stage whose marker `root/markers/<stage>.json` exists is skipped, so rerunning
 resumes; stages (d)-(f) also resume mid-way from their own checkpoints. Markers hold the stage's
 wall time and metrics. The decoder (d) needs only the frozen encoder and nothing before `assemble`
 needs it, so it trains in a child process (the second core) while (c), (e) and (f) run here; the
-threads are split between the two while both run (`parallel=False` runs everything in order). Presets below are overrides of each stage's own config class, so every key
-is checked (unknown keys and wrong types raise).
+threads are split between the two while both run (`parallel=False` runs everything in order).
+Presets below are overrides of each stage's own config class, so every key is checked (unknown
+keys and wrong types raise).
 """
 from __future__ import annotations
 
@@ -119,7 +120,7 @@ class Recipe:
             raise ConfigError(f"unknown recipe preset {preset!r}; choose one of {sorted(RECIPE_PRESETS)}")
         self.root, self.preset, self.progress, self.parallel = Path(root), preset, progress, parallel
         self.p = RECIPE_PRESETS[preset]
-        self.shapes = ShapesConfig()   # the default world: 64 px, GenEval colours, 7 shapes
+        self.shapes = ShapesConfig()   # the default world: 64 px, GenEval colours, 5 shapes
         self.markers = self.root / "markers"
 
     # -- paths ------------------------------------------------------------------------------
