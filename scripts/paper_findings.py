@@ -3,7 +3,7 @@
     python scripts/paper_findings.py FINDING [--model DIR] [--steps N] [--quick] [--seed S] [--out DIR]
 
 FINDING is one of
-  shift  DiT trained and sampled with the dimension shift alpha = sqrt(N*C/4096) vs alpha = 1
+  shift  DiT trained and sampled at alpha = 1, the dimension shift sqrt(N*C/4096) and 3x it (the recipe's)
   dh     LightningDiT vs DiT^DH (the same body plus a wide shallow head), same steps
   noise  RAE decoders trained with and without noise-augmented decoding: PSNR and generation accuracy
   vae    a small conv VAE + the same DiT on its latents vs the RAE: accuracy curves, steps to reach

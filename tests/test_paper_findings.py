@@ -188,12 +188,19 @@ def test_finding_quick_on_a_tiny_model(finding, tiny_dir, tmp_path, capsys):
         assert result["latent_shape"] == [16, 32]
         assert math.isclose(result["alpha"], math.sqrt(16 * 32 / 4096), rel_tol=1e-3)
         assert result["unshifted"]["alpha"] == 1.0 and result["shifted"]["alpha"] == result["alpha"]
+        assert math.isclose(result["strong"]["alpha"], result["alpha"] * result["settings"]["shift_scale"],
+                            rel_tol=1e-3)
         assert "alpha" in result["alpha_note"]
-        for run in (result["shifted"], result["unshifted"]):
+        for run in (result["shifted"], result["unshifted"], result["strong"]):
             _check_accuracy(run)
             assert math.isfinite(run["final_loss"]) and run["final_loss"] > 0
         assert math.isfinite(result["psnr"]) and 0 <= result["reconstruction_accuracy"] <= 1
-        _check_conclusion(result, result["shifted"]["accuracy"], result["unshifted"]["accuracy"])
+        assert result["strong_verdict"] == compare(result["strong"]["color_accuracy"],
+                                                   result["unshifted"]["color_accuracy"], result["samples"])
+        assert result["verdict"] == compare(result["shifted"]["accuracy"], result["unshifted"]["accuracy"],
+                                            result["samples"])
+        # One sentence per (shifted run, measure), each a tie or a win.
+        assert result["conclusion"].count(" tie ") + result["conclusion"].count(" beats ") == 4
     elif finding == "dh":
         dit, dh = result["dit"], result["dit_dh"]
         assert dh["params"] > dit["params"] > 0

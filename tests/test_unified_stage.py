@@ -44,3 +44,22 @@ def test_pretrain_resumes_exactly_and_finetune_merges_lora(tmp_path):
 def test_finetune_needs_a_start_model(tmp_path):
     with pytest.raises(ConfigError, match="init_from"):
         finetune.train(CONFIG, _args(tmp_path / "x", 1))
+
+
+def test_finetune_trains_with_the_saved_models_shift(tmp_path):
+    """The start model's time shift is the one it samples with, so finetuning must train with it too
+    (not the finetune config's default model section)."""
+    from unimodal.config import load_config
+    from unimodal.train.pretrain import StageHooks, UnifiedStageConfig, run_stage
+
+    start = pretrain.train(CONFIG, _args(tmp_path / "a", 1, **{"model.shift": 2.5}))
+    cfg = load_config(UnifiedStageConfig, "configs/unified_finetune_tiny.yaml", _args(tmp_path / "ft", 1, init_from=start))
+    assert cfg.model.shift is None
+
+    class Spy(StageHooks):
+        def after_step(self, info):
+            seen.append(info.engine.module.shift)
+
+    seen: list[float | None] = []
+    run_stage(cfg, None, "finetune", Spy())
+    assert seen == [2.5]

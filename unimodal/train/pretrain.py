@@ -161,7 +161,8 @@ def run_stage(cfg: UnifiedStageConfig, deepspeed_config: str | None, stage: str,
     hooks.configure(model)
     groups = param_groups(model, llm_lr=cfg.llm_lr, llm_betas=cfg.llm_betas, dit_lr=cfg.dit_lr, dit_betas=cfg.dit_betas,
                           weight_decay=tc.weight_decay)
-    engine = TrainEngine(JointLoss(model, cfg.fm_weight, cfg.model.shift, cfg.fm_repeats), groups, train_cfg=tc,
+    # The built model's shift, not cfg.model's: with init_from the saved config is the one that samples.
+    engine = TrainEngine(JointLoss(model, cfg.fm_weight, model.config.shift, cfg.fm_repeats), groups, train_cfg=tc,
                          deepspeed_config=deepspeed_config, dist=dist)
     model = engine.module.model
     ema = EMA(model, tc.ema_decay) if tc.ema_decay is not None else None
