@@ -71,17 +71,17 @@ def joint_loss(model, batch: ChatBatch, latents: torch.Tensor | None, *, fm_weig
         cond = model.condition(out.query_hidden).to(dt)                      # [G, N, Dc]
         if fm_repeats > 1:
             x0, cond = x0.repeat_interleave(fm_repeats, 0), cond.repeat_interleave(fm_repeats, 0)
-            g = x0.shape[0]
+        draws = x0.shape[0]                                                  # G x fm_repeats
         alpha = shift if shift is not None else dimension_shift(x0.shape[1], x0.shape[2])
-        t = sample_time(g, dist=time_dist, shift=alpha, generator=generator, device=device)
+        t = sample_time(draws, dist=time_dist, shift=alpha, generator=generator, device=device)
         noise = torch.randn(x0.shape, generator=generator, device=device).to(dt)
-        drop = model.dit.sample_drop(g, device)
+        drop = model.dit.sample_drop(draws, device)
         fm = flow_matching_loss(model.dit, x0, cond, t, noise, drop=drop)
     else:
         fm = torch.zeros((), device=device)
         extra = extra + _touch(model.queries, model.connector, model.dit).to(device)
     loss = ce + fm_weight * fm + extra
-    return LossOutput(loss, ce.detach(), fm.detach(), n_text, g // max(fm_repeats, 1))
+    return LossOutput(loss, ce.detach(), fm.detach(), n_text, g)
 
 
 class JointLoss(nn.Module):

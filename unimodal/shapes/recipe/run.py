@@ -177,9 +177,9 @@ class Recipe:
         n_tokens = (enc["image_size"] // enc["patch_size"]) ** 2
         dit = merge(dict(in_channels=enc["hidden_size"], num_tokens=n_tokens, cond_mode="tokens"), p["model"]["dit"])
         shift = SHIFT_SCALE * dimension_shift(n_tokens, enc["hidden_size"])
-        model = merge(dict(shift=round(shift, 4)), {k: v for k, v in p["model"].items() if k != "dit"})
-        model = merge(model, dict(llm={}, init_llm_from=str(self.path("lm", "model")), tokenizer_path=None, rae=rae,
-                                  init_rae_from=None, dit=dit))
+        model = merge({"shift": round(shift, 4), **{k: v for k, v in p["model"].items() if k != "dit"}},
+                      dict(llm={}, init_llm_from=str(self.path("lm", "model")), tokenizer_path=None, rae=rae,
+                           init_rae_from=None, dit=dit))
         return merge({k: v for k, v in p.items() if k not in ("model", "data", "train")},
                      dict(model=model, dataset="images", data=self._data(p["data"], captions=True),
                           train=merge(p["train"], dict(run_dir=str(self.path("pretrain")))), device=None))
@@ -322,9 +322,8 @@ class Recipe:
             for k, stage in enumerate(stages, 1):
                 for bg in [b for b, until in BACKGROUND.items() if until == stage and b in children]:
                     self._join(bg, children.pop(bg))
-                    torch.set_num_threads(threads)
-                if children and not any(child.is_alive() for child in children.values()):
-                    torch.set_num_threads(threads)   # the background stages ended early: their cores are free
+                if not any(child.is_alive() for child in children.values()):
+                    torch.set_num_threads(threads)   # no background stage is running: every core is ours
                 done = self.marker(stage) or self._adopt(stage)
                 if done is not None:
                     log.info(f"[recipe {k}/{len(stages)}] {stage}: done ({done['seconds']:.0f} s), skipped")

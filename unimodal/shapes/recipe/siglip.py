@@ -142,7 +142,7 @@ class SiglipTrainer(torch.nn.Module):
         self.siglip, self.captioner = siglip, captioner
         self.locca_weight, self.pad_id = locca_weight, pad_id
 
-    def forward(self, input_ids: torch.Tensor, pixel_values: torch.Tensor, caption_ids: torch.Tensor):
+    def forward(self, input_ids: torch.Tensor, pixel_values: torch.Tensor, caption_ids: torch.Tensor | None):
         out = self.siglip(input_ids=input_ids, pixel_values=pixel_values, return_loss=True)   # sigmoid loss
         if self.captioner is None:
             return out.loss, out.loss, None
@@ -269,7 +269,8 @@ def train_siglip(cfg: SiglipRecipeConfig, progress: bool = True) -> SiglipResult
         index, captions = train_set.batch(next(batches), cfg.shapes.long_caption_prob)
         ids = encode_text(tokenizer, captions, cfg.text_max_length)           # [B, text_max_length]
         pixels = normalize_pixels(train_set.images[index])                     # [B, 3, H, W] in [-1, 1]
-        long_ids = encode_text(tokenizer, [train_set.captions[i]["long"][0] for i in index], cfg.text_max_length)
+        long_ids = None if captioner is None else encode_text(
+            tokenizer, [train_set.captions[i]["long"][0] for i in index], cfg.text_max_length)
         with engine.autocast():
             loss, sigmoid, cap = engine(ids, pixels, long_ids)
         engine.backward(loss)
