@@ -5,8 +5,10 @@ The test launches this file under torchrun; the `__main__` block is the worker.
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -71,6 +73,7 @@ def worker(out_dir):
         replay = run_steps(engine, dist.rank, dist.world_size, [STEPS - 1])
         losses = [all_reduce_mean(torch.tensor(r["loss"])).item() for r in rows + replay]
         results[mode] = {"losses": losses, "grad_norms": [r["grad_norm"] for r in rows]}
+        engine.close()
     # a module kept outside the engines (e.g. a discriminator) gets its gradients averaged by hand
     from unimodal.train.distributed import average_gradients
     from unimodal.train.logging import NonFiniteLossError, check_finite
@@ -89,11 +92,19 @@ def worker(out_dir):
 
 
 def launch(tmp_path):
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1",
+    # faulthandler: a worker that dies by a signal prints where each of its threads was
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1",
            "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",
            __file__, str(tmp_path)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0 and "Signal 6 (SIGABRT)" in proc.stderr:
+        # Seen twice in ~20 CI runs under load: a worker aborts inside gloo/DeepSpeed native code
+        # with no Python error. One relaunch, reported; a second abort or any wrong number fails.
+        warnings.warn(f"distributed workers aborted; relaunched once. Tail:\n{proc.stderr[-1500:]}")
+        shutil.rmtree(tmp_path)
+        tmp_path.mkdir()
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads((tmp_path / "result.json").read_text())
 

@@ -138,4 +138,10 @@ def test_two_deepspeed_engines_one_after_another_in_one_process(monkeypatch):
         loss = engine(torch.ones(2, 4)).square().mean()
         engine.backward(loss)
         assert engine.step() is not None
+        assert model.weight._post_accumulate_grad_hooks  # ZeRO's gradient-reduction hook
+        engine.close()  # the hook goes with the DeepSpeed engine; the module stays for export
+        assert not model.weight._post_accumulate_grad_hooks
+        with pytest.raises(RuntimeError, match="closed"):
+            engine(torch.ones(2, 4))
+        assert engine.module(torch.ones(2, 4)).shape == (2, 2)
         cleanup()

@@ -231,5 +231,7 @@ def train(config_path: str | None, overrides: list[str] = (), deepspeed_config: 
         export_rae(rae, ema, export)
         logger.info(f"exported the {'EMA ' if ema is not None else ''}RAE to {export} (RAE.from_pretrained)")
     logger.close()
+    for engine in engines.values():
+        engine.close()
     cleanup()
     return export

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import gc
 import os
 import random
 import socket
@@ -89,6 +90,9 @@ def ensure_process_group(info: DistInfo) -> None:
 
 
 def cleanup() -> None:
+    """Destroy every process group. Unreachable engines and wrappers are collected first, while the
+    groups they communicated over still exist (see TrainEngine.close)."""
+    gc.collect()
     if dist.is_initialized():
         dist.destroy_process_group()
     _forget_deepspeed_groups()

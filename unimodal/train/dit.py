@@ -208,5 +208,6 @@ def train(config_path: str | None, overrides: list[str] = (), deepspeed_config: 
         export_dit(engine.module, ema, sampler, export)
         logger.info(f"exported the {'EMA ' if ema is not None else ''}DiT to {export} (DiT.from_pretrained)")
     logger.close()
+    engine.close()
     cleanup()
     return export

@@ -202,6 +202,8 @@ class TrainEngine:
         return self._module
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self._wrapped is None:
+            raise RuntimeError("this TrainEngine was closed; build a new one to train again")
         if not self.deepspeed and isinstance(self._wrapped, torch.nn.parallel.DistributedDataParallel):
             if not self.is_boundary_next():
                 # DDP decides at forward time whether the coming backward all-reduces.
@@ -264,6 +266,16 @@ class TrainEngine:
         if stepped:
             self.optimizer_steps += 1
         return StepOutput(grad_norm=norm, stepped=stepped, optimizer_steps=self.optimizer_steps)
+
+    def close(self) -> None:
+        """Release the DeepSpeed engine or DDP wrapper (hooks, buckets, communication state) now,
+        while the process group exists. Their reference cycles would otherwise be collected at some
+        later point, possibly during interpreter shutdown, where tearing down communication state can
+        abort the process. The module stays usable for evaluation and export; training does not."""
+        if self.deepspeed and self._ds is not None:
+            self._ds.destroy()
+            self._ds = None
+        self._wrapped = None
 
     # ----------------------------------------------------------------------------------------------
     def lr_at(self, step: int) -> list[float]:

@@ -235,6 +235,7 @@ def run_stage(cfg: UnifiedStageConfig, deepspeed_config: str | None, stage: str,
             model.save_pretrained(export)
         logger.info(f"exported the {'EMA ' if ema is not None else ''}model to {export} (UnifiedModel.from_pretrained)")
     logger.close()
+    engine.close()
     cleanup()
     return export
 
