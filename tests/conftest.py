@@ -1,4 +1,5 @@
 """Shared test fixtures. `shared/` (official benchmark files) sits beside the repository in CI."""
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -6,6 +7,15 @@ import pytest
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 GENEVAL_METADATA = SHARED / "benchmarks" / "geneval" / "evaluation_metadata.jsonl"
 DPG_PROMPTS = SHARED / "benchmarks" / "dpg_bench" / "prompts"
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def load_script(name: str):
+    """scripts/NAME.py as a module (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture

@@ -1,21 +1,17 @@
 """scripts/finetune_shapes_example.py: the new-concept world, folder and prompts, its errors, and
 the whole example (data, ShapesEval before, finetune, ShapesEval after) at tiny scale."""
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 from unimodal.finetune.testing import tiny_base_model
 from unimodal.shapes import build_holdout, metadata_violations, scene_violations
 from unimodal.shapes.config import DEFAULT_SHAPES, ShapesConfig
 from unimodal.shapes.scene import Scene, ShapeObject
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "scripts" / "finetune_shapes_example.py"
-_spec = importlib.util.spec_from_file_location("finetune_shapes_example", SCRIPT)
-ex = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ex)
+ex = load_script("finetune_shapes_example")
 
 
 def _fake_model(path: Path, image_size: int = 64) -> Path:

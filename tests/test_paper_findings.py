@@ -2,7 +2,6 @@
 end to end with --quick on a tiny random model (32 px, 4x4 x 32 latents)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import sys
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_script
 
 from unimodal.config import ConfigError
 from unimodal.shapes.detect import Detection
@@ -18,14 +18,9 @@ from unimodal.shapes.findings import (FINDINGS, Experiment, FindingSettings, Toy
                                       run_finding, single_object_world, steps_to_reach)
 from unimodal.unified.testing import tiny_model
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "paper_findings.py"
-
 
 def _script():
-    spec = importlib.util.spec_from_file_location("paper_findings", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("paper_findings")
 
 
 def _det(color: str, shape: str | None) -> Detection:

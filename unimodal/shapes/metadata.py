@@ -39,7 +39,8 @@ def _clause(shape: str, count: int = 1, color: str | None = None, position: list
     return c
 
 
-def _candidates(tag: str, cfg: ShapesConfig) -> list[dict[str, Any]]:
+def tag_lines(tag: str, cfg: ShapesConfig) -> list[dict[str, Any]]:
+    """Every metadata line of one GenEval tag that the world's shapes and colours allow."""
     S, C = cfg.shapes, cfg.colors
     lines = []
     if tag == "single_object":
@@ -79,7 +80,7 @@ def build_metadata(cfg: ShapesConfig, holdout: HoldOut, quotas: dict[str, int] |
         raise ValueError(f"unknown tag(s) {unknown} in quotas; GenEval's are {list(GENEVAL_TAGS)}")
     out = []
     for t, tag in enumerate(GENEVAL_TAGS):
-        cands = _candidates(tag, cfg)
+        cands = tag_lines(tag, cfg)
         order = np.random.default_rng([cfg.holdout_seed, t]).permutation(len(cands)).tolist()
         quota = quotas.get(tag, 0)
         held = [i for i in order if metadata_violations(cands[i], holdout)]
