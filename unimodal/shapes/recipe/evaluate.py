@@ -115,7 +115,7 @@ def caption_matches(text: str, scene, cfg: ShapesConfig) -> bool:
 # The stage
 
 
-def _subset_metadata(cfg: ShapesConfig, per_tag: int) -> list[dict[str, Any]]:
+def subset_metadata(cfg: ShapesConfig, per_tag: int) -> list[dict[str, Any]]:
     from unimodal.shapes import build_metadata, holdout_of
 
     seen: Counter = Counter()
@@ -189,7 +189,7 @@ def evaluate_model(model_dir: str | Path, out_dir: str | Path, shapes: ShapesCon
     shapes_json = out_dir / "shapes_config.json"
     shapes.save_json(shapes_json)
     meta = out_dir / "shapes_metadata_subset.jsonl"
-    lines = _subset_metadata(shapes, ecfg.prompts_per_tag)
+    lines = subset_metadata(shapes, ecfg.prompts_per_tag)
     text = "".join(json.dumps(line) + "\n" for line in lines)
     if not meta.is_file() or meta.read_text() != text:
         atomic_write_text(meta, text)
