@@ -24,11 +24,11 @@ import copy
 import json
 import random
 import time
-from collections import defaultdict
 
 import torch
 from tqdm import tqdm
 
+from unimodal.evaluation.analysis import oracle_summary, random_summary, selection_summary
 from unimodal.evaluation.generator import tensor_to_pil
 from unimodal.shapes import ShapesConfig, holdout_of, metadata_violations, render_metadata, score_image
 from unimodal.shapes.metadata import tag_lines
@@ -60,15 +60,14 @@ def within_prompt_auc(correct: list[list[bool]], yes: list[list[float]]) -> floa
 
 
 def selection_scores(lines: list[dict], correct: list[list[bool]], yes: list[list[float]]) -> dict[str, float]:
-    """ShapesEval (mean over tags) of the top-P(yes) pick, a random pick and an oracle pick."""
-    by_tag: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for line, ok, p in zip(lines, correct, yes):
-        top = max(range(len(p)), key=lambda k: (p[k], -k))          # ties: the lower index, as generate sorts
-        by_tag[line["tag"]]["top_pick"].append(float(ok[top]))
-        by_tag[line["tag"]]["random"].append(sum(ok) / len(ok))
-        by_tag[line["tag"]]["oracle"].append(float(any(ok)))
-    return {kind: sum(sum(v[kind]) / len(v[kind]) for v in by_tag.values()) / len(by_tag)
-            for kind in ("top_pick", "random", "oracle")}
+    """ShapesEval overall (mean over tags) of the top-P(yes) pick, a random pick and an oracle pick,
+    by the harness's own selection rules (`unimodal.evaluation.analysis`)."""
+    n = len(correct[0])
+    table = [{"tag": line["tag"], "metadata": json.dumps(line),
+              "candidates": [{"index": k, "correct": ok[k], "yes_prob": p[k]} for k in range(n)]}
+             for line, ok, p in zip(lines, correct, yes)]
+    return {"top_pick": selection_summary(table, n, 1, "yes_prob")["overall"],
+            "random": random_summary(table, n)["overall"], "oracle": oracle_summary(table, n)["overall"]}
 
 
 @torch.no_grad()

@@ -23,7 +23,7 @@ from unimodal.evaluation.generator import tensor_to_pil
 from unimodal.shapes.config import ShapesConfig
 from unimodal.shapes.detect import detect_objects
 from unimodal.shapes.metadata import tag_lines
-from unimodal.shapes.scorer import score_image
+from unimodal.shapes.scorer import evaluate
 from unimodal.unified.decoding import sample_latents, sample_seed
 from unimodal.unified.generate import query_condition
 
@@ -61,9 +61,8 @@ def probe_conditioning(model, cfg: ShapesConfig, amplify: Sequence[float] = (1.0
     y, _ = query_condition(model, prompts)
     y = y.float()
     ybar = y.mean(0, keepdim=True)
-    if len(cfg.colors) < 2:
-        raise ValueError(f"the probe needs at least 2 colours to compare, got {list(cfg.colors)}")
-    # Colour is read on the last half of the shapes, never seen when fitting the reader; shape likewise.
+    # Colour is read on the last half of the shapes, never seen when fitting the reader; shape likewise
+    # (ShapesConfig guarantees >= 3 shapes and >= 2 colours, so both halves are non-empty).
     held_shapes = shape >= len(cfg.shapes) - len(cfg.shapes) // 2
     held_colours = colour >= len(cfg.colors) - len(cfg.colors) // 2
     report: dict[str, Any] = {
@@ -86,6 +85,6 @@ def probe_conditioning(model, cfg: ShapesConfig, amplify: Sequence[float] = (1.0
             found = detect_objects(pil, cfg)
             hits["colour_present"] += any(d.color == want["color"] for d in found)
             hits["shape_present"] += any(d.shape == want["class"] for d in found)
-            hits["correct"] += score_image(pil, line, cfg)["correct"]
+            hits["correct"] += evaluate(found, line, cfg)[0]
         report["samples"].append({"amplify": k, **{name: v / len(lines) for name, v in hits.items()}})
     return report
