@@ -99,8 +99,9 @@ def launch(tmp_path):
            __file__, str(tmp_path)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     if proc.returncode != 0 and "Signal 6 (SIGABRT)" in proc.stderr:
-        # Seen twice in ~20 CI runs under load: a worker aborts inside gloo/DeepSpeed native code
-        # with no Python error. One relaunch, reported; a second abort or any wrong number fails.
+        # Seen twice under load (one CI run, one loaded clean-clone run): a worker aborts in gloo /
+        # DeepSpeed native code with no Python error. One relaunch, reported; a second abort or any
+        # wrong number fails.
         warnings.warn(f"distributed workers aborted; relaunched once. Tail:\n{proc.stderr[-1500:]}")
         shutil.rmtree(tmp_path)
         tmp_path.mkdir()
