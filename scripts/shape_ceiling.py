@@ -1,63 +1,110 @@
-"""Can a DiT draw shapes in this latent space at all? A label-conditioned DiT over training time.
+"""Can a DiT draw shapes in this latent space, and how fast? A label-conditioned DiT per codec.
 
-    python scripts/shape_ceiling.py [--model DIR] [--steps 3600] [--depth 4] [--train-images 2000] [--out DIR]
+    python scripts/shape_ceiling.py [--model DIR] [--codecs tower pixel] [--shift-scales 3] [--steps 3600]
+        [--batch-size 32] [--width 128] [--depth 4] [--train-images 2000] [--device cpu] [--out DIR]
 
 The findings' experiment (unimodal/shapes/findings.py): single-object renders of every (colour,
-shape) class encoded by the model's frozen tower, a class-conditional LightningDiT (the recipe's
-width and time shift) trained on them, samples of every class decoded by the model's decoder and
-scored at `--checkpoints` points: "color_accuracy" (one object of the asked colour), "accuracy"
-(one object of the asked colour and shape) and their ratio, the shape accuracy among samples of the
-right colour (chance = 1 / number of shapes). The label hands the DiT colour and shape directly, so
-what it cannot learn here no prompt path will give it. "reconstruction_accuracy" (decoded real
-latents) is the ceiling through this decoder. The last line of stdout is one JSON object.
+shape) class, encoded by a codec, a class-conditional LightningDiT trained on them, samples of
+every class decoded and scored at `--checkpoints` points: "color_accuracy" (one object of the asked
+colour), "accuracy" (one object of the asked colour and shape) and "shape_given_color" (their
+ratio; chance = 1 / number of shapes). The label hands the DiT colour and shape directly, so what
+it cannot learn here no prompt path will give it. Codecs:
+- tower: the model's frozen encoder and its RAE decoder (the latents the unified model generates);
+- pixel: the lossless control, each tower-sized pixel patch one token (`findings.PixelCodec`).
+Each (codec, shift scale) pair is one run with the same data, seeds and DiT; every curve point
+carries the step, the wall and CPU seconds since the run started, and a sample grid (one row per
+shape) goes to `--out`. "reconstruction_accuracy" (decoded real latents) is each codec's ceiling,
+and "steps_to" the first checkpoint at which accuracy reaches 0.5 and 0.9. The last line of stdout
+is one JSON object.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
 
+import torch
 
-from unimodal.shapes.findings import Experiment, finding_settings
+from unimodal.shapes.findings import Experiment, PixelCodec, encode_all, finding_settings, steps_to_reach
 from unimodal.shipped import resolve_model_dir
 from unimodal.unified.model import UnifiedModel
+
+CODECS = ("tower", "pixel")
+
+
+def run_curve(exp: Experiment, decode, shift: float, name: str, log) -> list[dict]:
+    """Train the label-conditioned DiT on `exp`'s latents; one scored point per checkpoint."""
+    curve: list[dict] = []
+    t0, cpu0 = time.time(), time.process_time()
+
+    def checkpoint(step: int, dit) -> None:
+        latents, labels = exp.sample(dit, shift)
+        scores = exp.score(latents, labels, decode, f"{name}_step_{step}")
+        ratio = scores["accuracy"] / scores["color_accuracy"] if scores["color_accuracy"] else None
+        curve.append({"step": step, "seconds": round(time.time() - t0, 1),
+                      "cpu_seconds": round(time.process_time() - cpu0, 1), **scores, "shape_given_color": ratio})
+        log(f"{name} step {step}: {curve[-1]}")
+
+    exp.train_dit(exp.train_latents, shift, name, on_checkpoint=checkpoint)
+    return curve
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=None, help="unified model directory (default: the shipped Shapes model)")
+    ap.add_argument("--codecs", nargs="+", default=list(CODECS), choices=CODECS)
+    ap.add_argument("--shift-scales", nargs="+", type=float, default=[3.0],
+                    help="time shifts to try, in units of the dimension shift sqrt(N C / 4096)")
     ap.add_argument("--steps", type=int, default=3600)
-    ap.add_argument("--depth", type=int, default=4, help="DiT depth (the recipe's DiT: 4)")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--width", type=int, default=128, help="DiT width (>= the codec's channels: the width rule)")
+    ap.add_argument("--depth", type=int, default=4, help="DiT depth")
     ap.add_argument("--train-images", type=int, default=2000)
     ap.add_argument("--checkpoints", type=int, default=6)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="where the DiTs train and sample (cpu or cuda)")
     ap.add_argument("--out", type=Path, default=None, help="folder for the sample grids")
     args = ap.parse_args(argv)
     if args.steps < args.checkpoints or args.checkpoints < 1:
         ap.error(f"need 1 <= --checkpoints <= --steps, got {args.checkpoints} and {args.steps}")
+    if any(s <= 0 for s in args.shift_scales):
+        ap.error(f"--shift-scales must be > 0, got {args.shift_scales}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        ap.error(f"--device {args.device}: CUDA is not available here")
     t0 = time.time()
     model_dir = resolve_model_dir(args.model)
     rae = UnifiedModel.from_pretrained(model_dir).rae
-    settings = finding_settings(steps=args.steps, dit_depth=args.depth, train_images=args.train_images,
-                                checkpoints=args.checkpoints, seed=args.seed)
+    settings = finding_settings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, dit_width=args.width,
+                                dit_depth=args.depth, train_images=args.train_images, checkpoints=args.checkpoints,
+                                seed=args.seed)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-    exp = Experiment.build(rae, settings, log=log, out=args.out)
-    shift = exp.shift(exp.train_latents)
-    curve = []
-
-    def checkpoint(step: int, dit) -> None:
-        latents, labels = exp.sample(dit, shift)
-        scores = exp.score(latents, labels, rae.decode, f"step_{step}")
-        ratio = scores["accuracy"] / scores["color_accuracy"] if scores["color_accuracy"] else None
-        curve.append({"step": step, **scores, "shape_given_color": ratio})
-        log(f"step {step}: {curve[-1]}")
-
-    _, final_loss = exp.train_dit(exp.train_latents, shift, "label-conditioned DiT", on_checkpoint=checkpoint)
-    report = {"model": str(model_dir), "settings": settings.to_dict(), "shift": round(shift, 4),
-              "shape_chance": 1 / len(exp.world.shapes), "final_loss": final_loss, "curve": curve,
-              **exp.reconstruction(exp.eval_latents, rae.decode), "seconds": round(time.time() - t0, 1)}
+    tower = Experiment.build(rae, settings, log=log, out=args.out, device=args.device)
+    pixel = PixelCodec(rae.config.encoder.image_size, rae.config.encoder.patch_size)
+    codecs = {"tower": (tower, rae.decode),
+              "pixel": (dataclasses.replace(tower, train_latents=encode_all(pixel.encode, tower.train_images),
+                                            eval_latents=encode_all(pixel.encode, tower.eval_images)), pixel.decode)}
+    narrow = {c: codecs[c][0].train_latents.shape[2] for c in args.codecs
+              if codecs[c][0].train_latents.shape[2] > args.width}
+    if narrow:
+        ap.error(f"--width {args.width} is below the token channels of {narrow} (the RAE paper's width rule)")
+    runs, ceilings = [], {}
+    for codec in args.codecs:
+        exp, decode = codecs[codec]
+        ceilings[codec] = {"latent_shape": list(exp.train_latents.shape[1:]), **exp.reconstruction(exp.eval_latents, decode)}
+        for scale in args.shift_scales:
+            exp = dataclasses.replace(exp, settings=settings.replace(shift_scale=scale))
+            shift = exp.shift(exp.train_latents)
+            curve = run_curve(exp, decode, shift, f"{codec}_shift{scale:g}", log)
+            points = [(p["step"], p["accuracy"]) for p in curve]
+            runs.append({"codec": codec, "shift_scale": scale, "shift": round(shift, 4), "curve": curve,
+                         "steps_to": {str(a): steps_to_reach(points, a) for a in (0.5, 0.9)}})
+    report = {"model": str(model_dir), "settings": settings.to_dict(), "device": args.device,
+              "shape_chance": 1 / len(tower.world.shapes), "codecs": ceilings, "runs": runs,
+              "seconds": round(time.time() - t0, 1)}
     print(json.dumps(report), flush=True)
     return report
 

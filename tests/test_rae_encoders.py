@@ -102,6 +102,10 @@ def test_loads_from_local_checkpoint_and_checks_it(tmp_path):
                          num_attention_heads=None, intermediate_size=None)
     enc = FrozenEncoder(cfg)
     torch.testing.assert_close(enc.model.embeddings.patch_embedding.weight, full.vision_model.embeddings.patch_embedding.weight)
+    # The attention-pooling head is dropped even though the checkpoint's config has one: an encoder
+    # that kept it saved 11 head tensors that its own reload rejected (seen with transformers 5.17).
+    assert not [k for k in enc.state_dict() if ".head." in k]
+    assert full.config.vision_config.vision_use_head
     with pytest.raises(ConfigError, match="hidden_size=64"):
         FrozenEncoder(cfg.replace(hidden_size=64))
     with pytest.raises(FileNotFoundError, match="not found locally"):

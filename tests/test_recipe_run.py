@@ -138,3 +138,18 @@ def test_shipped_model_scores_above_its_floor(tmp_path):
         prompts_per_tag=SHIPPED_CHECK_PROMPTS_PER_TAG, n=1, caption_scenes=24, psnr_images=24), progress=False)
     for key, floor in SHIPPED_FLOORS.items():
         assert m[key] >= floor, f"{key}={m[key]:.3f} fell below its floor {floor}"
+
+
+def test_gpu_preset_builds_the_16x16_token_experiment(tmp_path):
+    """The gpu preset's stage configs validate and describe the measured 256 x 96 latent run."""
+    from unimodal.shapes.recipe.run import Recipe
+    from unimodal.train.pretrain import UnifiedStageConfig
+
+    recipe = Recipe(tmp_path, "gpu")
+    assert recipe.stage_preset == "full" and recipe._siglip_cfg().patch_size == 4
+    dec = recipe.decoder_config()["rae"]
+    assert dec["decoder"]["grid_size"] == 16 and dec["decoder"]["patch_size"] == 4
+    cfg = UnifiedStageConfig.from_dict(recipe.pretrain_config())
+    assert (cfg.model.dit.num_tokens, cfg.model.dit.in_channels, cfg.model.dit.hidden_size) == (256, 96, 192)
+    assert cfg.model.shift == pytest.approx(3.6742) and cfg.train.num_workers == 6
+    assert recipe.manifest()["command"] == f"unimodal recipe shapes --preset gpu --root {tmp_path}"

@@ -1,28 +1,57 @@
-"""scripts/shape_ceiling.py end to end on a tiny model: one JSON line, a curve point per checkpoint
-with the shape-given-colour ratio, the reconstruction ceiling, and bad arguments refused."""
+"""scripts/shape_ceiling.py end to end on a tiny model: one JSON line, a curve per (codec, shift)
+with steps, seconds and the shape-given-colour ratio, each codec's reconstruction ceiling (the
+pixel control is lossless), sample grids, and bad arguments refused."""
 import json
 
 import pytest
+import torch
 from conftest import load_script
 
+from unimodal.shapes.findings import PixelCodec
 from unimodal.unified.testing import tiny_model
 
 script = load_script("shape_ceiling")
 
 
-def test_tiny_run_reports_a_curve_and_the_ceiling(tmp_path, capsys):
+def test_pixel_codec_is_lossless_and_row_major():
+    codec = PixelCodec(16, 4)
+    images = torch.rand(2, 3, 16, 16)
+    tokens = codec.encode(images)
+    assert tokens.shape == (2, 16, 48)
+    assert torch.allclose(codec.decode(tokens), images, atol=1e-6)
+    # token 1 is the patch right of token 0 (row-major, like an encoder's grid)
+    assert torch.equal(tokens[0, 1].reshape(3, 4, 4), 2 * images[0, :, :4, 4:8] - 1)
+    with pytest.raises(ValueError):
+        PixelCodec(18, 4)
+
+
+def test_tiny_run_reports_curves_per_codec_and_the_ceilings(tmp_path, capsys):
     model_dir = tmp_path / "tiny"
     tiny_model().save_pretrained(model_dir)
     report = script.main(["--model", str(model_dir), "--steps", "4", "--checkpoints", "2", "--depth", "1",
-                          "--train-images", "50", "--out", str(tmp_path / "grids")])
+                          "--width", "192", "--train-images", "50", "--shift-scales", "1", "3",
+                          "--out", str(tmp_path / "grids")])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == report
-    assert [p["step"] for p in report["curve"]] == [2, 4]
-    for point in report["curve"]:
-        assert 0.0 <= point["accuracy"] <= point["color_accuracy"] <= 1.0
-        expected = point["accuracy"] / point["color_accuracy"] if point["color_accuracy"] else None
-        assert point["shape_given_color"] == expected
+    assert [(r["codec"], r["shift_scale"]) for r in report["runs"]] == [("tower", 1), ("tower", 3), ("pixel", 1),
+                                                                        ("pixel", 3)]
+    for run in report["runs"]:
+        assert [p["step"] for p in run["curve"]] == [2, 4]
+        assert set(run["steps_to"]) == {"0.5", "0.9"}
+        for point in run["curve"]:
+            assert 0.0 <= point["accuracy"] <= point["color_accuracy"] <= 1.0
+            expected = point["accuracy"] / point["color_accuracy"] if point["color_accuracy"] else None
+            assert point["shape_given_color"] == expected
+            assert point["seconds"] >= 0 and point["cpu_seconds"] >= 0
     assert report["settings"]["dit_depth"] == 1 and report["shape_chance"] == 0.2
-    assert "reconstruction_accuracy" in report and report["psnr"] > 0
-    assert sorted(p.name for p in (tmp_path / "grids").glob("*.png")) == ["step_2.png", "step_4.png"]
+    # the lossless control reconstructs exactly: its ceiling is the detector's accuracy on the renders
+    assert report["codecs"]["pixel"]["psnr"] > 60
+    assert "reconstruction_accuracy" in report["codecs"]["tower"]
+    grids = sorted(p.name for p in (tmp_path / "grids").glob("*.png"))
+    assert grids == sorted(f"{c}_shift{s}_step_{n}.png" for c in ("tower", "pixel") for s in (1, 3) for n in (2, 4))
     with pytest.raises(SystemExit):
         script.main(["--steps", "2", "--checkpoints", "3"])
+    with pytest.raises(SystemExit):
+        script.main(["--shift-scales", "0"])
+    with pytest.raises(SystemExit):   # the tiny tower's pixel patches have 192 channels
+        script.main(["--model", str(model_dir), "--width", "64", "--train-images", "50", "--steps", "2",
+                     "--checkpoints", "1"])

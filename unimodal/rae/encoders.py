@@ -233,7 +233,12 @@ def _build_backbone(config: EncoderConfig, spec: _FamilySpec, load_weights: bool
 
     if config.pretrained is not None and load_weights:
         try:
-            model, info = model_cls.from_pretrained(config.pretrained, config=hf_config, output_loading_info=True, **(forced if hf_config is None else {}))
+            if hf_config is None:   # the checkpoint's own config with the forced values set on it: passed as
+                # from_pretrained kwargs, some transformers 5 releases drop them or hand them to the model's __init__
+                hf_config = config_cls.from_pretrained(config.pretrained)
+                for key, value in forced.items():
+                    setattr(hf_config, key, value)
+            model, info = model_cls.from_pretrained(config.pretrained, config=hf_config, output_loading_info=True)
         except OSError as e:
             raise FileNotFoundError(f"encoder weights {config.pretrained!r} not found locally: {str(e).splitlines()[0]}") from None
         # Unexpected keys are normal (a full SigLIP checkpoint also holds the text tower); a

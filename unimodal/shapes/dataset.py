@@ -10,7 +10,6 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-import datasets
 import numpy as np
 import torch
 
@@ -64,13 +63,18 @@ class ShapesDataset(torch.utils.data.Dataset):
                 "scene": item["scene"], "index": index}
 
 
-FEATURES = datasets.Features({
-    "image": datasets.Image(),
-    "caption": datasets.Value("string"),
-    "captions": datasets.Sequence(datasets.Value("string")),
-    "scene": datasets.Value("string"),
-    "index": datasets.Value("int64"),
-})
+def features():
+    """The columns of a materialised Shapes dataset (`datasets` is imported only here and below:
+    training renders on the fly and needs none of it)."""
+    import datasets
+
+    return datasets.Features({
+        "image": datasets.Image(),
+        "caption": datasets.Value("string"),
+        "captions": datasets.Sequence(datasets.Value("string")),
+        "scene": datasets.Value("string"),
+        "index": datasets.Value("int64"),
+    })
 
 
 def _generate(cfg_dict: dict, split: str, start: int, stop: int, mode: str) -> Iterator[dict[str, Any]]:
@@ -80,18 +84,20 @@ def _generate(cfg_dict: dict, split: str, start: int, stop: int, mode: str) -> I
 
 
 def build_hf_dataset(cfg: ShapesConfig, split: str, length: int, caption: str = "mixed",
-                     start: int = 0, cache_dir: str | os.PathLike | None = None) -> datasets.Dataset:
+                     start: int = 0, cache_dir: str | os.PathLike | None = None) -> "datasets.Dataset":
     """Items start..start+length-1 of `split` as a `datasets.Dataset` (image column + caption +
     all captions + scene JSON + index). Arrow files go to `cache_dir` (default: the HF cache)."""
+    import datasets
+
     if length < 1:
         raise ValueError(f"length must be >= 1, got {length}")
     return datasets.Dataset.from_generator(
-        _generate, features=FEATURES, cache_dir=None if cache_dir is None else str(cache_dir),
+        _generate, features=features(), cache_dir=None if cache_dir is None else str(cache_dir),
         gen_kwargs={"cfg_dict": cfg.to_dict(), "split": split, "start": start, "stop": start + length, "mode": caption})
 
 
 def save_hf_dataset(cfg: ShapesConfig, split: str, length: int, path: str | os.PathLike,
-                    caption: str = "mixed", cache_dir: str | os.PathLike | None = None) -> datasets.Dataset:
+                    caption: str = "mixed", cache_dir: str | os.PathLike | None = None) -> "datasets.Dataset":
     """Materialise and `save_to_disk(path)`, with the world's config in `path/shapes_config.json`."""
     ds = build_hf_dataset(cfg, split, length, caption, cache_dir=cache_dir)
     ds.save_to_disk(str(path))

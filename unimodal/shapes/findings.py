@@ -171,6 +171,27 @@ def generation_scores(images: torch.Tensor, labels: torch.Tensor, world: ShapesC
     return {"accuracy": round(hits / n, 4), "color_accuracy": round(color_hits / n, 4)}
 
 
+class PixelCodec:
+    """The lossless control codec: each p x p x 3 pixel patch is one latent token of 3 p^2 channels
+    in [-1, 1], row-major over the grid like an encoder's tokens. A DiT on it generates pixels
+    directly; the speed it learns at is what a representation has to match (issue #14)."""
+
+    def __init__(self, image_size: int, patch_size: int):
+        if patch_size < 1 or image_size % patch_size:
+            raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
+        self.grid, self.patch = image_size // patch_size, patch_size
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        b, g, p = len(images), self.grid, self.patch
+        x = (2 * images - 1).reshape(b, 3, g, p, g, p).permute(0, 2, 4, 1, 3, 5)    # [B, g, g, 3, p, p]
+        return x.reshape(b, g * g, 3 * p * p)
+
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        b, g, p = len(tokens), self.grid, self.patch
+        x = tokens.reshape(b, g, g, 3, p, p).permute(0, 3, 1, 4, 2, 5).reshape(b, 3, g * p, g * p)
+        return ((x + 1) / 2).clamp(0, 1)
+
+
 # ----------------------------------------------------------------------------- reading the numbers
 
 def compare(a: float, b: float, n: int, z: float = 2.0) -> int:
@@ -227,10 +248,11 @@ class Experiment:
     eval_latents: torch.Tensor
     log: Log = print
     out: Path | None = None
+    device: str = "cpu"              # where the DiTs train and sample; codecs run on the CPU
 
     @classmethod
     def build(cls, rae: RAE, settings: FindingSettings, world: ShapesConfig | None = None, log: Log = print,
-              out: Path | None = None) -> "Experiment":
+              out: Path | None = None, device: str = "cpu") -> "Experiment":
         """Render the training and held-out scenes at the RAE's image size and encode them once."""
         size = rae.config.encoder.image_size
         world = world or single_object_world(size)
@@ -242,7 +264,7 @@ class Experiment:
         train_x, train_y = render_class_images(world, settings.train_images, "findings-train", settings.seed)
         eval_x, eval_y = render_class_images(world, settings.eval_images, "findings-eval", settings.seed)
         exp = cls(rae, settings, world, train_x, train_y, encode_all(rae.encode, train_x), eval_x, eval_y,
-                  encode_all(rae.encode, eval_x), log, out)
+                  encode_all(rae.encode, eval_x), log, out, device)
         log(f"data: {len(train_x)} train + {len(eval_x)} held-out renders of {exp.num_classes} classes, "
             f"latents {tuple(exp.train_latents.shape[1:])} ({time.time() - start:.1f}s)")
         return exp
@@ -275,17 +297,19 @@ class Experiment:
         every steps / checkpoints steps when given."""
         s = self.settings
         torch.manual_seed(s.seed)                  # init and the condition-dropout draws
-        model = DiT(self.dit_config(latents, head))
+        model = DiT(self.dit_config(latents, head)).to(self.device)
+        latents, labels = latents.to(self.device), self.train_labels.to(self.device)
         opt = torch.optim.AdamW(model.parameters(), lr=s.lr, betas=(0.9, 0.95), weight_decay=0.0)
-        g = torch.Generator().manual_seed(s.seed + 1)
+        g = torch.Generator(self.device).manual_seed(s.seed + 1)
         losses, start = [], time.time()
         for step in range(s.steps):
             _set_lr(opt, warmup_cosine(step, total_steps=s.steps, warmup_steps=min(20, s.steps // 10), base_lr=s.lr,
                                        min_lr=s.lr / 10))
-            idx = torch.randint(len(latents), (s.batch_size,), generator=g)
+            idx = torch.randint(len(latents), (s.batch_size,), generator=g, device=self.device)
             x = latents[idx]
-            t = sample_time(len(idx), shift=shift, generator=g)
-            loss = flow_matching_loss(model, x, self.train_labels[idx], t, torch.randn(x.shape, generator=g))
+            t = sample_time(len(idx), shift=shift, generator=g, device=self.device)
+            noise = torch.randn(x.shape, generator=g, device=self.device)
+            loss = flow_matching_loss(model, x, labels[idx], t, noise)
             _step(opt, model, loss, step)
             losses.append(loss.item())
             if (step + 1) % max(1, s.steps // 5) == 0:
@@ -304,7 +328,7 @@ class Experiment:
         labels = torch.arange(cfg.num_classes).repeat_interleave(s.samples_per_class)
         noise = noise_from_seeds([s.seed * 1_000_003 + i for i in range(len(labels))], cfg.num_tokens, cfg.in_channels)
         sampler = SamplerConfig(num_steps=s.sample_steps, shift=shift, guidance_scale=s.cfg_scale)
-        return sample(model, noise, labels, sampler), labels
+        return sample(model, noise.to(self.device), labels.to(self.device), sampler).cpu(), labels
 
     def score(self, latents: torch.Tensor, labels: torch.Tensor, decode: Codec, name: str) -> dict[str, float]:
         """`generation_scores` of sampled latents decoded by `decode`; the grid (one row per shape)

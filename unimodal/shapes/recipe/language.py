@@ -23,8 +23,9 @@ import torch
 
 from unimodal.config import Config, ConfigError
 from unimodal.shapes.config import ShapesConfig
-from unimodal.shapes.recipe.common import StepLog, finish_stage, open_stage, preset_config
+from unimodal.shapes.recipe.common import StepLog, finish_stage, open_stage, preset_config, stage_device
 from unimodal.train.config import TrainConfig
+from unimodal.train.distributed import DistInfo
 from unimodal.train.engine import TrainEngine
 from unimodal.train.loop import ResumableBatchSampler
 
@@ -144,20 +145,22 @@ def train_language(cfg: LanguageRecipeConfig, progress: bool = True) -> Language
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
     logger.info(f"lm: {n_params / 1e6:.2f}M parameters, vocab {len(tokenizer)}")
-    engine = TrainEngine(model, train_cfg=cfg.train)
+    device = stage_device()
+    engine = TrainEngine(model, train_cfg=cfg.train, dist=DistInfo(device=device))
     batches = iter(ResumableBatchSampler(len(train_blocks), cfg.train.batch_size, seed=cfg.train.seed))
     log = StepLog(logger, cfg.train.total_steps, cfg.train.log_every, "lm", progress,
                   cfg.train.batch_size * cfg.seq_len, "tokens")
     for step in range(cfg.train.total_steps):
-        batch = train_blocks[next(batches)]                                   # [B, seq_len]
+        batch = train_blocks[next(batches)].to(device)                        # [B, seq_len]
         with engine.autocast():
             loss = engine(input_ids=batch, labels=batch).loss                 # HF shifts the labels
         engine.backward(loss)
         out = engine.step()
         engine.set_lr(step + 1)
-        extra = evaluate_lm(model, eval_blocks) if cfg.eval_every and (step + 1) % cfg.eval_every == 0 else {}
+        extra = evaluate_lm(model, eval_blocks.to(device)) if cfg.eval_every and (step + 1) % cfg.eval_every == 0 else {}
         log.update(step, loss, out.grad_norm, engine.lrs()[0], **extra)
     train_seconds = log.close()
+    model.cpu()
     metrics = {"first_loss": log.first, "final_train_loss": log.smooth, **evaluate_lm(model, eval_blocks),
                "params": n_params, "tokens_seen": cfg.train.total_steps * cfg.train.batch_size * cfg.seq_len,
                "train_seconds": train_seconds, "total_seconds": time.time() - t0,

@@ -41,6 +41,14 @@ STAGES = ("tokenizer", "siglip", "decoder", "language", "pretrain", "finetune", 
 # Stage -> the stage that waits for it; started in a child process when reached (see the docstring).
 BACKGROUND = {"decoder": "assemble"}
 
+def merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict update (a copy); non-dict values replace."""
+    out = copy.deepcopy(base)
+    for k, v in changes.items():
+        out[k] = merge(out[k], v) if isinstance(out.get(k), dict) and isinstance(v, dict) else copy.deepcopy(v)
+    return out
+
+
 # Full: about an hour on 2 CPU cores (latents 8 x 8 tokens x 96 channels, 64 px images).
 _FULL: dict[str, dict[str, Any]] = {
     "tokenizer": {},
@@ -79,6 +87,25 @@ _FULL: dict[str, dict[str, Any]] = {
     "evaluate": dict(prompts_per_tag=16, n=8, caption_scenes=64, psnr_images=64),
 }
 
+# GPU: the issue #14 experiment, one run of ~5 minutes on one H200. A 4 px tower patch makes the
+# 64 px scenes 16 x 16 = 256 latent tokens of 96 channels (the real SigLIP-2's grid), so a 14-20 px
+# object spans 4-5 tokens instead of 2-3, at the v3 time shift (3.67, 1.5x the dimension shift
+# here), with a 192 x 6 DiT and 64-scene batches. Measured (MODEL_CARD): at these step counts its
+# DiT draws isolated token-sized specks, not objects: more tokens need more steps than this.
+_GPU: dict[str, dict[str, Any]] = merge(_FULL, {
+    "siglip": dict(patch_size=4, train=dict(total_steps=1500, batch_size=64, warmup_steps=60, log_every=100)),
+    "language": dict(train=dict(total_steps=600, warmup_steps=30, log_every=100)),
+    "decoder": dict(train=dict(total_steps=3000, batch_size=64, warmup_steps=100, log_every=200, ckpt_every=1000,
+                               sample_every=0, num_workers=4)),
+    "pretrain": dict(
+        model=dict(dit=dict(hidden_size=192, depth=6, num_heads=6, cond_dim=192), shift=3.6742),
+        llm_lr=1e-3, dit_lr=1e-3,
+        train=dict(total_steps=1000, batch_size=64, warmup_steps=60, ema_decay=0.999, log_every=100, ckpt_every=500,
+                   num_workers=6)),
+    "finetune": dict(dit_lr=5e-4, train=dict(total_steps=500, batch_size=64, ema_decay=0.999, log_every=100,
+                                             ckpt_every=500, num_workers=6)),
+})
+
 # Quick: the same chain at toy size, ~3 minutes (tests and CI).
 _QUICK: dict[str, dict[str, Any]] = {
     "tokenizer": {},
@@ -105,21 +132,13 @@ _QUICK: dict[str, dict[str, Any]] = {
     "evaluate": dict(prompts_per_tag=1, n=2, caption_scenes=4, psnr_images=4),
 }
 
-RECIPE_PRESETS = {"full": _FULL, "quick": _QUICK}
+RECIPE_PRESETS = {"full": _FULL, "gpu": _GPU, "quick": _QUICK}
 
 # The unified model's time shift, in units of the dimension shift sqrt(N * C / 4096). Its base 4096
 # is an ImageNet VAE latent's size; at 64 x 96 the formula gives 1.22, and a class-conditional DiT
 # on this world's latents (unimodal.shapes.findings) drew one object of the right colour in 0.46 of
 # samples after 800 steps at 3x, 0.16 at 1x and 0.29 at 6x. A preset's model.shift overrides it.
 SHIFT_SCALE = 3.0
-
-
-def merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    """Recursive dict update (a copy); non-dict values replace."""
-    out = copy.deepcopy(base)
-    for k, v in changes.items():
-        out[k] = merge(out[k], v) if isinstance(out.get(k), dict) and isinstance(v, dict) else copy.deepcopy(v)
-    return out
 
 
 class Recipe:
@@ -130,6 +149,7 @@ class Recipe:
             raise ConfigError(f"unknown recipe preset {preset!r}; choose one of {sorted(RECIPE_PRESETS)}")
         self.root, self.preset, self.progress, self.parallel = Path(root), preset, progress, parallel
         self.p = RECIPE_PRESETS[preset]
+        self.stage_preset = "quick" if preset == "quick" else "full"   # the stages' own preset tables
         self.shapes = ShapesConfig()   # the default world: 64 px, GenEval colours, 5 shapes
         self.markers = self.root / "markers"
 
@@ -194,7 +214,7 @@ class Recipe:
     def _siglip_cfg(self):
         from unimodal.shapes.recipe.siglip import siglip_preset
 
-        return siglip_preset(self.preset, merge(self.p["siglip"], dict(
+        return siglip_preset(self.stage_preset, merge(self.p["siglip"], dict(
             tokenizer=str(self.path("tokenizer")), shapes=self.shapes.to_dict(),
             train=merge(self.p["siglip"].get("train", {}), dict(run_dir=str(self.path("siglip")))))))
 
@@ -202,7 +222,7 @@ class Recipe:
     def run_tokenizer(self) -> dict[str, Any]:
         from unimodal.shapes.recipe.tokenizer import tokenizer_preset, train_shapes_tokenizer
 
-        cfg = tokenizer_preset(self.preset, merge(self.p["tokenizer"], dict(out_dir=str(self.path("tokenizer")),
+        cfg = tokenizer_preset(self.stage_preset, merge(self.p["tokenizer"], dict(out_dir=str(self.path("tokenizer")),
                                                                              shapes=self.shapes.to_dict())))
         tok = train_shapes_tokenizer(cfg)
         return {"vocab": len(tok)}
@@ -215,7 +235,7 @@ class Recipe:
     def run_language(self) -> dict[str, Any]:
         from unimodal.shapes.recipe.language import language_preset, train_language
 
-        cfg = language_preset(self.preset, merge(self.p["language"], dict(
+        cfg = language_preset(self.stage_preset, merge(self.p["language"], dict(
             tokenizer=str(self.path("tokenizer")), shapes=self.shapes.to_dict(),
             train=merge(self.p["language"].get("train", {}), dict(run_dir=str(self.path("lm")))))))
         return train_language(cfg, progress=self.progress).metrics
@@ -286,7 +306,7 @@ class Recipe:
     def manifest(self) -> dict[str, Any]:
         stages = {s: self.marker(s) for s in STAGES if self.marker(s) is not None}
         seconds = {s: m["seconds"] for s, m in stages.items()}
-        flag = " --quick" if self.preset == "quick" else ""
+        flag = "" if self.preset == "full" else f" --preset {self.preset}"
         return {"recipe": "shapes", "preset": self.preset, "command": f"unimodal recipe shapes{flag} --root {self.root}",
                 "shapes_config": self.shapes.to_dict(), "presets": self.p,
                 "stage_seconds": seconds, "total_seconds": round(sum(seconds.values()), 1),
@@ -313,6 +333,9 @@ class Recipe:
         """Run every unfinished stage in order (BACKGROUND stages in a child process); returns the manifest."""
         import torch
 
+        # TF32 matrix products on a GPU (as facebookresearch/DiT's train.py): these models' losses
+        # sit far above its 1e-3 relative error, and small fp32 products run several times faster.
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         self.root.mkdir(parents=True, exist_ok=True)
         if not self.shapes_json.is_file():
             self.shapes.save_json(self.shapes_json)
@@ -375,6 +398,7 @@ def _run_in_child(root: str, preset: str, stage: str, threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True   # as in Recipe.run
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     Recipe(root, preset, progress=False, parallel=False).run(stages=(stage,))

@@ -24,9 +24,10 @@ import torch
 
 from unimodal.config import Config, ConfigError
 from unimodal.shapes.config import ShapesConfig
-from unimodal.shapes.recipe.common import StepLog, finish_stage, open_stage, preset_config
+from unimodal.shapes.recipe.common import StepLog, finish_stage, open_stage, preset_config, stage_device
 from unimodal.shapes.recipe.locca import CaptionDecoder, caption_loss
 from unimodal.train.config import TrainConfig
+from unimodal.train.distributed import DistInfo
 from unimodal.train.engine import TrainEngine
 from unimodal.train.loop import ResumableBatchSampler
 
@@ -258,8 +259,9 @@ def train_siglip(cfg: SiglipRecipeConfig, progress: bool = True) -> SiglipResult
     n_captioner = sum(p.numel() for p in captioner.parameters()) if captioner is not None else 0
     logger.info(f"siglip: {n_params / 1e6:.2f}M parameters (vision {n_vision / 1e6:.2f}M), "
                 f"LocCa caption decoder {n_captioner / 1e6:.2f}M (weight {cfg.locca_weight})")
+    device = stage_device()
     engine = TrainEngine(trainer, param_groups(trainer, cfg.train.weight_decay, cfg.train.lr, cfg.logit_lr_mult),
-                         train_cfg=cfg.train)
+                         train_cfg=cfg.train, dist=DistInfo(device=device))
     # Per-sample seeds: the caption drawn for a scene depends on (seed, epoch, index) only. With
     # twins the sampler deals base scenes, half a batch, and each brings its twin.
     per_batch = cfg.train.batch_size // 2 if cfg.shape_twins else cfg.train.batch_size
@@ -267,10 +269,10 @@ def train_siglip(cfg: SiglipRecipeConfig, progress: bool = True) -> SiglipResult
     log = StepLog(logger, cfg.train.total_steps, cfg.train.log_every, "siglip", progress, cfg.train.batch_size, "images")
     for step in range(cfg.train.total_steps):
         index, captions = train_set.batch(next(batches), cfg.shapes.long_caption_prob)
-        ids = encode_text(tokenizer, captions, cfg.text_max_length)           # [B, text_max_length]
-        pixels = normalize_pixels(train_set.images[index])                     # [B, 3, H, W] in [-1, 1]
+        ids = encode_text(tokenizer, captions, cfg.text_max_length).to(device)          # [B, text_max_length]
+        pixels = normalize_pixels(train_set.images[index]).to(device)                    # [B, 3, H, W] in [-1, 1]
         long_ids = None if captioner is None else encode_text(
-            tokenizer, [train_set.captions[i]["long"][0] for i in index], cfg.text_max_length)
+            tokenizer, [train_set.captions[i]["long"][0] for i in index], cfg.text_max_length).to(device)
         with engine.autocast():
             loss, sigmoid, cap = engine(ids, pixels, long_ids)
         engine.backward(loss)
@@ -280,6 +282,7 @@ def train_siglip(cfg: SiglipRecipeConfig, progress: bool = True) -> SiglipResult
         log.update(step, loss, out.grad_norm, engine.lrs()[0], logit_scale=model.logit_scale.exp().item(),
                    logit_bias=model.logit_bias.item(), **parts)
     train_seconds = log.close()
+    trainer.cpu()
 
     t2 = time.time()
     metrics = {"first_loss": log.first, "final_train_loss": log.smooth, **{f"final_{k}": v for k, v in parts.items()},
