@@ -25,14 +25,6 @@ def preset_config(cls: type[C], presets: dict[str, dict[str, Any]], name: str,
     return cls.from_dict(data)
 
 
-def stage_device() -> "torch.device":
-    """The device a recipe stage trains on: CUDA when available (the stage's tensors move there and
-    its model moves back to the CPU before evaluation and export), else the CPU."""
-    import torch
-
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def open_stage(cfg: Config, name: str):
     """Logger on `cfg.train.run_dir`, resolved config saved, seeds set, the recipe tokenizer loaded.
 

@@ -23,9 +23,9 @@ import torch
 
 from unimodal.config import Config, ConfigError
 from unimodal.shapes.config import ShapesConfig
-from unimodal.shapes.recipe.common import StepLog, finish_stage, open_stage, preset_config, stage_device
+from unimodal.shapes.recipe.common import StepLog, finish_stage, open_stage, preset_config
 from unimodal.train.config import TrainConfig
-from unimodal.train.distributed import DistInfo
+from unimodal.train.distributed import init_distributed
 from unimodal.train.engine import TrainEngine
 from unimodal.train.loop import ResumableBatchSampler
 
@@ -145,11 +145,14 @@ def train_language(cfg: LanguageRecipeConfig, progress: bool = True) -> Language
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
     logger.info(f"lm: {n_params / 1e6:.2f}M parameters, vocab {len(tokenizer)}")
-    device = stage_device()
-    engine = TrainEngine(model, train_cfg=cfg.train, dist=DistInfo(device=device))
+    # CUDA when available (init_distributed's rule); the model returns to the CPU for evaluation and export
+    dist = init_distributed()
+    device = dist.device
+    engine = TrainEngine(model, train_cfg=cfg.train, dist=dist)
     batches = iter(ResumableBatchSampler(len(train_blocks), cfg.train.batch_size, seed=cfg.train.seed))
     log = StepLog(logger, cfg.train.total_steps, cfg.train.log_every, "lm", progress,
                   cfg.train.batch_size * cfg.seq_len, "tokens")
+    eval_on_device = eval_blocks.to(device)     # moved once, for the evaluations during training
     for step in range(cfg.train.total_steps):
         batch = train_blocks[next(batches)].to(device)                        # [B, seq_len]
         with engine.autocast():
@@ -157,7 +160,7 @@ def train_language(cfg: LanguageRecipeConfig, progress: bool = True) -> Language
         engine.backward(loss)
         out = engine.step()
         engine.set_lr(step + 1)
-        extra = evaluate_lm(model, eval_blocks.to(device)) if cfg.eval_every and (step + 1) % cfg.eval_every == 0 else {}
+        extra = evaluate_lm(model, eval_on_device) if cfg.eval_every and (step + 1) % cfg.eval_every == 0 else {}
         log.update(step, loss, out.grad_norm, engine.lrs()[0], **extra)
     train_seconds = log.close()
     model.cpu()

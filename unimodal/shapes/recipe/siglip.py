@@ -24,10 +24,10 @@ import torch
 
 from unimodal.config import Config, ConfigError
 from unimodal.shapes.config import ShapesConfig
-from unimodal.shapes.recipe.common import StepLog, finish_stage, open_stage, preset_config, stage_device
+from unimodal.shapes.recipe.common import StepLog, finish_stage, open_stage, preset_config
 from unimodal.shapes.recipe.locca import CaptionDecoder, caption_loss
 from unimodal.train.config import TrainConfig
-from unimodal.train.distributed import DistInfo
+from unimodal.train.distributed import init_distributed
 from unimodal.train.engine import TrainEngine
 from unimodal.train.loop import ResumableBatchSampler
 
@@ -259,9 +259,11 @@ def train_siglip(cfg: SiglipRecipeConfig, progress: bool = True) -> SiglipResult
     n_captioner = sum(p.numel() for p in captioner.parameters()) if captioner is not None else 0
     logger.info(f"siglip: {n_params / 1e6:.2f}M parameters (vision {n_vision / 1e6:.2f}M), "
                 f"LocCa caption decoder {n_captioner / 1e6:.2f}M (weight {cfg.locca_weight})")
-    device = stage_device()
+    # CUDA when available (init_distributed's rule); the model returns to the CPU for evaluation and export
+    dist = init_distributed()
+    device = dist.device
     engine = TrainEngine(trainer, param_groups(trainer, cfg.train.weight_decay, cfg.train.lr, cfg.logit_lr_mult),
-                         train_cfg=cfg.train, dist=DistInfo(device=device))
+                         train_cfg=cfg.train, dist=dist)
     # Per-sample seeds: the caption drawn for a scene depends on (seed, epoch, index) only. With
     # twins the sampler deals base scenes, half a batch, and each brings its twin.
     per_batch = cfg.train.batch_size // 2 if cfg.shape_twins else cfg.train.batch_size
