@@ -1,7 +1,8 @@
 """Can a DiT draw shapes in this latent space, and how fast? A label-conditioned DiT per codec.
 
     python scripts/shape_ceiling.py [--model DIR] [--codecs tower pixel] [--shift-scales 3] [--steps 3600]
-        [--batch-size 32] [--width 128] [--depth 4] [--train-images 2000] [--device cpu] [--out DIR]
+        [--heads none dh] [--batch-size 32] [--width 128] [--depth 4] [--train-images 2000]
+        [--object-size 0.22 0.32] [--shapes circle square ...] [--device cpu] [--out DIR]
 
 The findings' experiment (unimodal/shapes/findings.py): single-object renders of every (colour,
 shape) class, encoded by a codec, a class-conditional LightningDiT trained on them, samples of
@@ -11,7 +12,9 @@ ratio; chance = 1 / number of shapes). The label hands the DiT colour and shape 
 it cannot learn here no prompt path will give it. Codecs:
 - tower: the model's frozen encoder and its RAE decoder (the latents the unified model generates);
 - pixel: the lossless control, each tower-sized pixel patch one token (`findings.PixelCodec`).
-Each (codec, shift scale) pair is one run with the same data, seeds and DiT; every curve point
+`--object-size` and `--shapes` change the single-object world (the tower must still reconstruct
+it: see each codec's ceiling). `--heads dh` adds the DiT^DH wide shallow head (RAE section 5).
+Each (codec, shift scale, head) is one run with the same data, seeds and DiT body; every curve point
 carries the step, the wall and CPU seconds since the run started, and a sample grid (one row per
 shape) goes to `--out`. "reconstruction_accuracy" (decoded real latents) is each codec's ceiling,
 and "steps_to" the first checkpoint at which accuracy reaches 0.5 and 0.9. The last line of stdout
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import sys
 import time
@@ -28,14 +32,18 @@ from pathlib import Path
 
 import torch
 
-from unimodal.shapes.findings import Experiment, PixelCodec, encode_all, finding_settings, steps_to_reach
+from unimodal.config import ConfigError
+from unimodal.shapes.findings import (Experiment, PixelCodec, Whitening, encode_all, finding_settings,
+                                      single_object_world, steps_to_reach)
 from unimodal.shipped import resolve_model_dir
 from unimodal.unified.model import UnifiedModel
 
 CODECS = ("tower", "pixel")
+HEADS = ("none", "dh")
+WHITENING = ("none", "pca")
 
 
-def run_curve(exp: Experiment, decode, shift: float, name: str, log) -> list[dict]:
+def run_curve(exp: Experiment, decode, shift: float, head: bool, name: str, log) -> list[dict]:
     """Train the label-conditioned DiT on `exp`'s latents; one scored point per checkpoint."""
     curve: list[dict] = []
     t0, cpu0 = time.time(), time.process_time()
@@ -48,7 +56,7 @@ def run_curve(exp: Experiment, decode, shift: float, name: str, log) -> list[dic
                       "cpu_seconds": round(time.process_time() - cpu0, 1), **scores, "shape_given_color": ratio})
         log(f"{name} step {step}: {curve[-1]}")
 
-    exp.train_dit(exp.train_latents, shift, name, on_checkpoint=checkpoint)
+    exp.train_dit(exp.train_latents, shift, name, head=head, on_checkpoint=checkpoint)
     return curve
 
 
@@ -58,6 +66,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--codecs", nargs="+", default=list(CODECS), choices=CODECS)
     ap.add_argument("--shift-scales", nargs="+", type=float, default=[3.0],
                     help="time shifts to try, in units of the dimension shift sqrt(N C / 4096)")
+    ap.add_argument("--whitening", nargs="+", default=["none"], choices=WHITENING,
+                    help="latents as the codec gives them (none) or PCA-whitened over the training tokens (pca)")
+    ap.add_argument("--heads", nargs="+", default=["none"], choices=HEADS,
+                    help="DiT heads to try: none (LightningDiT) or dh (DiT^DH, --head-width wide)")
+    ap.add_argument("--head-width", type=int, default=192)
+    ap.add_argument("--object-size", nargs=2, type=float, default=None, metavar=("MIN", "MAX"),
+                    help="object box side, fractions of the image side (default: the world's)")
+    ap.add_argument("--shapes", nargs="+", default=None, help="the world's shape set (default: all five)")
     ap.add_argument("--steps", type=int, default=3600)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -78,11 +94,19 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.time()
     model_dir = resolve_model_dir(args.model)
     rae = UnifiedModel.from_pretrained(model_dir).rae
-    settings = finding_settings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, dit_width=args.width,
-                                dit_depth=args.depth, train_images=args.train_images, checkpoints=args.checkpoints,
-                                seed=args.seed)
+    try:
+        settings = finding_settings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, dit_width=args.width,
+                                    dit_depth=args.depth, train_images=args.train_images,
+                                    checkpoints=args.checkpoints, seed=args.seed, head_width=args.head_width)
+        world = single_object_world(rae.config.encoder.image_size)
+        changes = {"shapes": tuple(args.shapes)} if args.shapes else {}
+        if args.object_size:
+            changes.update(min_size=args.object_size[0], max_size=args.object_size[1])
+        world = world.replace(**changes)
+    except ConfigError as e:
+        ap.error(str(e))
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-    tower = Experiment.build(rae, settings, log=log, out=args.out, device=args.device)
+    tower = Experiment.build(rae, settings, world, log=log, out=args.out, device=args.device)
     pixel = PixelCodec(rae.config.encoder.image_size, rae.config.encoder.patch_size)
     codecs = {"tower": (tower, rae.decode),
               "pixel": (dataclasses.replace(tower, train_latents=encode_all(pixel.encode, tower.train_images),
@@ -92,17 +116,25 @@ def main(argv: list[str] | None = None) -> dict:
     if narrow:
         ap.error(f"--width {args.width} is below the token channels of {narrow} (the RAE paper's width rule)")
     runs, ceilings = [], {}
-    for codec in args.codecs:
+    for codec, whitening in itertools.product(args.codecs, args.whitening):
         exp, decode = codecs[codec]
+        if whitening == "pca":
+            white = Whitening(exp.train_latents)
+            exp = dataclasses.replace(exp, train_latents=white.encode(exp.train_latents),
+                                      eval_latents=white.encode(exp.eval_latents))
+            decode = white.decode(decode)
         ceilings[codec] = {"latent_shape": list(exp.train_latents.shape[1:]), **exp.reconstruction(exp.eval_latents, decode)}
-        for scale in args.shift_scales:
+        for scale, head in itertools.product(args.shift_scales, args.heads):
             exp = dataclasses.replace(exp, settings=settings.replace(shift_scale=scale))
             shift = exp.shift(exp.train_latents)
-            curve = run_curve(exp, decode, shift, f"{codec}_shift{scale:g}", log)
+            name = f"{codec}_shift{scale:g}" + ("_white" if whitening == "pca" else "") + ("_dh" if head == "dh" else "")
+            curve = run_curve(exp, decode, shift, head == "dh", name, log)
             points = [(p["step"], p["accuracy"]) for p in curve]
-            runs.append({"codec": codec, "shift_scale": scale, "shift": round(shift, 4), "curve": curve,
+            runs.append({"codec": codec, "whitening": whitening, "shift_scale": scale, "head": head,
+                         "shift": round(shift, 4), "curve": curve,
                          "steps_to": {str(a): steps_to_reach(points, a) for a in (0.5, 0.9)}})
-    report = {"model": str(model_dir), "settings": settings.to_dict(), "device": args.device,
+    report = {"model": str(model_dir), "settings": settings.to_dict(), "world": world.to_dict(),
+              "device": args.device,
               "shape_chance": 1 / len(tower.world.shapes), "codecs": ceilings, "runs": runs,
               "seconds": round(time.time() - t0, 1)}
     print(json.dumps(report), flush=True)

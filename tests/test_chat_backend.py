@@ -94,7 +94,7 @@ def test_uploads_are_checked_before_the_model_sees_them(backend, tmp_path):
     Image.new("RGB", (40, 40)).save(heavy)                               # 4.8 kB > max_upload_bytes
     empty = tmp_path / "empty.png"
     empty.write_bytes(b"")
-    for path, match in [(fake, "not an image this server can read"), (big, "the image is 65x64"),
+    for path, match in [(fake, "fake.png is not an image"), (big, "big.png is 65x64"),
                         (heavy, "the limit is 0.0 MiB"), (empty, "empty"), (tmp_path / "gone.png", "did not arrive")]:
         reply = backend.send(cid, "what is it?", str(path), **UI)
         assert reply.error is not None and match in reply.error, (path, reply.error)

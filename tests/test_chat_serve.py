@@ -5,6 +5,7 @@ The screenshot goes to $UNIMODAL_TEST_ARTIFACTS when set, else to pytest's tmp f
 printed. Only 127.0.0.1 is contacted.
 """
 import concurrent.futures
+import io
 import os
 import shutil
 import socket
@@ -15,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 pytest.importorskip("gradio", reason="the serve extra is not installed (pip install -e '.[serve]')")
 
@@ -134,6 +136,22 @@ def _artifacts(tmp_path) -> Path:
     return d
 
 
+def _choose_upload(page, path: Path) -> None:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    # the widget shows the stem and the extension in separate elements
+    shown = f"document.querySelector('#upload').innerText.includes('{path.stem}')"
+    page.set_input_files("#upload input[type=file]", str(path))
+    try:
+        page.wait_for_function(shown, timeout=30_000)
+    except PlaywrightTimeout:
+        # On a loaded machine the first choice is sometimes dropped (the file input is still there:
+        # choose again) and sometimes only slow (Gradio has replaced the input while it uploads).
+        if page.locator("#upload input[type=file]").count():
+            page.set_input_files("#upload input[type=file]", str(path))
+        page.wait_for_function(shown)
+
+
 def test_browser_draws_critiques_and_shows_bad_input(server, browser, tmp_path):
     url, proc, root = server
     page = browser.new_page(viewport={"width": 1280, "height": 960})
@@ -156,21 +174,10 @@ def test_browser_draws_critiques_and_shows_bad_input(server, browser, tmp_path):
     page.wait_for_function(f"document.querySelector('#status').innerText.includes('the limit is {PROMPT_LIMIT}')")
     fake = tmp_path / "notes.png"
     fake.write_text("not an image at all")
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
-
-    shown = "document.querySelector('#upload').innerText.includes('notes.png')"
-    page.set_input_files("#upload input[type=file]", str(fake))
-    try:
-        page.wait_for_function(shown, timeout=30_000)
-    except PlaywrightTimeout:
-        # On a loaded machine the first choice is sometimes dropped (the file input is still there:
-        # choose again) and sometimes only slow (Gradio has replaced the input while it uploads).
-        if page.locator("#upload input[type=file]").count():
-            page.set_input_files("#upload input[type=file]", str(fake))
-        page.wait_for_function(shown)
+    _choose_upload(page, fake)
     message.fill("what is this?")
     page.click("#send")
-    page.wait_for_function("document.querySelector('#status').innerText.includes('not an image this server can read')")
+    page.wait_for_function("document.querySelector('#status').innerText.includes('notes.png is not an image')")
     assert proc.poll() is None
 
     message.fill("draw a green square on yellow")                      # and it keeps serving
@@ -181,3 +188,42 @@ def test_browser_draws_critiques_and_shows_bad_input(server, browser, tmp_path):
     page.screenshot(path=str(shot), full_page=True)
     print(f"screenshot: {shot}")
     assert shot.stat().st_size > 10_000
+
+
+MARKUP = "a red circle <img src=x onerror=alert(1)> *not bold* $x$ & [link](http://example.com)"
+
+
+def test_browser_shows_user_text_as_text(server, browser, tmp_path):
+    url, proc, root = server
+    page = browser.new_page(viewport={"width": 1280, "height": 960})
+    page.set_default_timeout(180_000)
+    dialogs = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    page.goto(url, wait_until="domcontentloaded")
+    message = page.locator("#message textarea")
+    message.wait_for()
+    message.fill(MARKUP)
+    page.click("#draw")
+    page.wait_for_function("document.querySelector('#gallery').innerText.includes('P(yes)')")
+    page.wait_for_function("document.querySelector('#chat').innerText.includes('P(yes)')")
+    # the prompt comes back whole, as the characters typed, in the echo, the reply and the caption
+    assert f"/image {MARKUP}" in page.inner_text("#chat")
+    assert f"for {MARKUP!r}" in page.inner_text("#chat")
+    assert MARKUP in page.inner_text("#gallery")
+    for markup in ("img[src='x']", "em", "a[href='http://example.com']", ".katex"):
+        assert page.locator(f"#chat {markup}, #gallery {markup}").count() == 0, markup
+    assert dialogs == []
+
+    # an upload's error names the file as chosen, never the server's copy of it (Gradio itself
+    # drops < > * from uploaded names; Markdown's _ [ ] ( ) reach the page)
+    cut = tmp_path / "cut _short_ [x](y).png"
+    data = io.BytesIO()
+    Image.effect_noise((64, 64), 64).convert("RGB").save(data, format="PNG")
+    cut.write_bytes(data.getvalue()[: len(data.getvalue()) // 2])
+    _choose_upload(page, cut)
+    message.fill("what is this?")
+    page.click("#send")
+    page.wait_for_function("document.querySelector('#status').innerText.includes('is truncated')")
+    status = page.inner_text("#status")
+    assert f"{cut.name} is truncated" in status and str(root) not in status and "/tmp" not in status, status
+    assert page.locator("#status a, #status em").count() == 0

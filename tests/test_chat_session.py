@@ -12,6 +12,7 @@ from unimodal.chat.repl import StatusLine, run_repl
 from unimodal.chat.settings import ChatSettings
 from unimodal.chat.store import SessionStore
 from unimodal.commands import chat as chat_command
+from unimodal.config import ConfigError
 from unimodal.unified.model import UnifiedModel
 from unimodal.unified.testing import tiny_model
 
@@ -73,7 +74,7 @@ def test_piped_session_saves_reopens_and_replays_to_the_same_bytes(model_dir, pi
     assert "best of 3 by P(yes):" in text and text.count("<- kept") == 1
     assert "critique of t0003-c" in text and "P(yes)" in text and "likelihood" in text
     assert "error: no such image: nothing-here.png" in text
-    assert "error: cfg must be >= 0" in text and "error: steps must be >= 1" in text
+    assert "error: cfg must be > 0" in text and "error: steps must be in [1, 1000]" in text
     assert "error: unknown command /bogus" in text
     assert "drawing" in out.err and "session saved in" in out.err     # progress goes to stderr
 
@@ -175,3 +176,34 @@ def test_session_folder_errors(model_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("unimodal.shipped.SHIPPED_MODEL_DIR", tmp_path / "no-shipped-model")
     with pytest.raises(FileNotFoundError, match="pass --model DIR"):
         _chat(["--session", str(tmp_path / "new")], "", monkeypatch, capsys)
+
+
+@pytest.mark.parametrize("field, bad", [("input", "../outside.png"), ("input", "ABS"),
+                                        ("latent", "../outside.safetensors"), ("image", "link/outside.png"),
+                                        ("input", None)])
+def test_session_paths_outside_the_folder_are_refused(model, tmp_path, monkeypatch, capsys, field, bad):
+    store = SessionStore.create(tmp_path / "s", "tiny", ChatSettings().to_dict())
+    engine = ChatEngine(model, settings=ChatSettings(tokens=2), store=store)
+    assert not engine.handle("/image a red square on blue").error
+    picture = tmp_path / "outside.png"
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(picture)
+    assert not engine.handle(f"/ask {picture} what is this?").error
+    latent = tmp_path / "s" / store.turns[0]["images"][0]["latent"]
+    (tmp_path / "outside.safetensors").write_bytes(latent.read_bytes())
+    (tmp_path / "s" / "link").symlink_to(tmp_path)              # a link inside the folder leading out of it
+    data = json.loads((tmp_path / "s" / "session.json").read_text())
+    bad = str(picture) if bad == "ABS" else bad
+    if field == "input":
+        data["turns"][1]["input"] = bad                        # None: the /ask turn loses its copy
+    else:
+        data["turns"][0]["images"][0][field] = bad
+    (tmp_path / "s" / "session.json").write_text(json.dumps(data))
+
+    message = rf"{tmp_path / 's' / 'session.json'}: .*outside the session folder" if bad else "has no copy of it"
+    with pytest.raises(ConfigError, match=message) as err:
+        SessionStore.open(tmp_path / "s")
+    assert "\n" not in str(err.value) and (bad is None or repr(bad) in str(err.value))
+    for argv in (["--session", str(tmp_path / "s")], ["--replay", str(tmp_path / "s"), "--out", str(tmp_path / "r")]):
+        with pytest.raises(ConfigError, match=message):       # refused before anything is read or copied
+            _chat(argv, "", monkeypatch, capsys)
+    assert not (tmp_path / "r").exists()

@@ -57,10 +57,14 @@ def test_settings_are_checked():
     assert apply_setting(s, "cfg", "1.5").cfg == 1.5
     with pytest.raises(ValueError, match="whole number"):
         apply_setting(s, "seed", "1.5")
-    with pytest.raises(ConfigError, match="steps must be >= 1"):
+    with pytest.raises(ConfigError, match=r"steps must be in \[1, 1000\]"):
         apply_setting(s, "steps", "0")
-    with pytest.raises(ConfigError, match="cfg must be >= 0"):
+    with pytest.raises(ConfigError, match="cfg must be > 0"):
         apply_setting(s, "cfg", "nan")
+    with pytest.raises(ConfigError, match="cfg must be > 0"):     # 0 would drop the prompt altogether
+        apply_setting(s, "cfg", "0")
+    with pytest.raises(ConfigError, match=r"n must be in \[1, 64\]"):   # bounded without a server too
+        apply_setting(s, "n", "100000")
     limits = ServeLimits(max_n=4)
     with pytest.raises(ValueError, match="at most 4"):
         limits.check(s.replace(n=5))

@@ -68,16 +68,16 @@ def test_bad_records_are_counted_per_reason_and_reported(tmp_path, base):
     (folder / "img_03.png").write_bytes((folder / "img_03.png").read_bytes()[:60])          # truncated
     (folder / "img_04.png").write_bytes(b"not an image at all")                             # undecodable
     Image.new("CMYK", (32, 32), (0, 255, 0, 0)).save(folder / "img_05.jpg")                # other mode: kept
-    (folder / "img_06.png").rename(folder / "orphan.png")                                  # no caption row
+    (folder / "img_06.png").rename(folder / "orphan.png")            # no caption row; img_06's row: missing_file
     out = tmp_path / "run"
     data = build_finetune_data(_cfg(base, folder, out, "data.max_bad_fraction=0.5", "data.val_fraction=0"))
     report = json.loads((out / "data_report.json").read_text())["train"]["scan"]
-    assert report["counts"] == {"duplicate": 1, "empty_caption": 1, "missing_caption": 2, "truncated": 1,
-                                "undecodable": 1}
-    assert report["total"] == 13 and report["kept"] == 7 and len(data.train) == 7 and data.val is None
+    assert report["counts"] == {"duplicate": 1, "empty_caption": 1, "missing_caption": 2, "missing_file": 1,
+                                "truncated": 1, "undecodable": 1}
+    assert report["total"] == 14 and report["kept"] == 7 and len(data.train) == 7 and data.val is None
     with pytest.raises(DataQualityError, match="max_bad_fraction"):
         build_finetune_data(_cfg(base, folder, out, "data.max_bad_fraction=0.3"))
-    assert json.loads((out / "data_report.json").read_text())["train"]["scan"]["skipped"] == 6  # written before stopping
+    assert json.loads((out / "data_report.json").read_text())["train"]["scan"]["skipped"] == 7  # written before stopping
 
 
 def test_corrupt_and_truncated_shards(tmp_path, base):

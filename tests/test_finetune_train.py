@@ -1,5 +1,7 @@
-"""Finetune runs: the LoRA trainable set, exports (full and adapters) and the config layering."""
+"""Finetune runs: the LoRA trainable set, exports (full and adapters), the config layering and the
+wall time over resumes."""
 import json
+import time
 
 import pytest
 import torch
@@ -8,6 +10,7 @@ from safetensors.torch import load_file
 from unimodal.commands.finetune import main
 from unimodal.config import ConfigError
 from unimodal.finetune import export_run, finetune, load_finetune_config, load_finetuned
+from unimodal.finetune.run import WallClock
 from unimodal.finetune.testing import tiny_base_model, toy_records, write_folder
 from unimodal.unified.model import UnifiedModel
 
@@ -88,6 +91,35 @@ def test_full_mode_has_no_adapters(setup, tmp_path):
     result = finetune(_cfg(setup, tmp_path / "run", "llm_mode=full", "train.total_steps=1", "data.val_fraction=0"))
     assert result.adapters is None and not (tmp_path / "run" / "adapters").exists()
     UnifiedModel.from_pretrained(result.export)
+
+
+def test_wall_seconds_add_up_over_resumes(setup, tmp_path):
+    out = tmp_path / "run"
+    finetune(_cfg(setup, out, "llm_mode=full", "train.total_steps=2", "data.val_fraction=0"))
+    # Let the first attempt have taken 1000 s: its checkpoint carries the run's wall time so far.
+    path = out / "checkpoints" / "step_00000002" / "extra_state.pt"
+    meta = torch.load(path, weights_only=True)
+    assert 0 < meta["extra_state"]["hooks"]["wall_seconds"] < 1000
+    meta["extra_state"]["hooks"]["wall_seconds"] = 1000.0
+    torch.save(meta, path)
+    t0 = time.time()
+    result = finetune(_cfg(setup, out, "llm_mode=full", "train.total_steps=4", "data.val_fraction=0"))
+    took = time.time() - t0
+    wall = json.loads(result.report.read_text())["wall_seconds"]
+    assert 1000 < wall <= 1000 + took + 0.1
+    stored = torch.load(out / "checkpoints" / "step_00000004" / "extra_state.pt", weights_only=True)
+    assert 1000 < stored["extra_state"]["hooks"]["wall_seconds"] <= wall
+
+
+def test_wall_clock_counts_rolled_back_steps_once(monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr(time, "time", lambda: now[0])
+    clock = WallClock()
+    clock.resume(50.0)          # the checkpoint this process resumed from had counted 50 s
+    now[0] = 130.0
+    assert clock.seconds() == 80.0
+    clock.resume(10.0)          # a rollback to an older checkpoint: the 30 s spent here still count
+    assert clock.seconds() == 80.0
 
 
 @pytest.mark.slow

@@ -52,6 +52,22 @@ def test_tiny_run_reports_curves_per_codec_and_the_ceilings(tmp_path, capsys):
         script.main(["--steps", "2", "--checkpoints", "3"])
     with pytest.raises(SystemExit):
         script.main(["--shift-scales", "0"])
+    with pytest.raises(SystemExit):   # objects bigger than half the image
+        script.main(["--model", str(model_dir), "--object-size", "0.3", "0.6", "--steps", "2", "--checkpoints", "1"])
     with pytest.raises(SystemExit):   # the tiny tower's pixel patches have 192 channels
         script.main(["--model", str(model_dir), "--width", "64", "--train-images", "50", "--steps", "2",
                      "--checkpoints", "1"])
+
+
+def test_world_and_head_choices(tmp_path, capsys):
+    model_dir = tmp_path / "tiny"
+    tiny_model().save_pretrained(model_dir)
+    report = script.main(["--model", str(model_dir), "--codecs", "pixel", "--heads", "none", "dh", "--steps", "2",
+                          "--checkpoints", "1", "--depth", "1", "--width", "192", "--train-images", "30",
+                          "--object-size", "0.35", "0.45", "--shapes", "circle", "square", "triangle",
+                          "--out", str(tmp_path / "grids")])
+    assert report["world"]["shapes"] == ["circle", "square", "triangle"] and report["shape_chance"] == 1 / 3
+    assert (report["world"]["min_size"], report["world"]["max_size"]) == (0.35, 0.45)
+    assert [r["head"] for r in report["runs"]] == ["none", "dh"]
+    assert sorted(p.name for p in (tmp_path / "grids").glob("*.png")) == ["pixel_shift3_dh_step_2.png",
+                                                                          "pixel_shift3_step_2.png"]

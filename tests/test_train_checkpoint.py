@@ -1,3 +1,4 @@
+import errno
 import json
 import os
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 
 from unimodal.train import checkpoint as ckpt
-from unimodal.train.checkpoint import (latest_checkpoint, list_checkpoints, load_checkpoint, resume_latest,
+from unimodal.train.checkpoint import (NoSpaceError, latest_checkpoint, list_checkpoints, load_checkpoint, resume_run,
                                        save_checkpoint)
 from unimodal.train.config import TrainConfig
 from unimodal.train.distributed import DistInfo, seed_everything
@@ -39,11 +40,7 @@ def train(run_dir, total_steps, stop_after=None, ckpt_every=2):
     ema = EMA(engine.module, cfg.ema_decay)
     log = RunLogger(cfg.run_dir, dist, tensorboard=False)
     save_resolved_config(cfg.run_dir, cfg, log)
-    step, position = 0, 0
-    if (state := resume_latest(cfg.run_dir, {"model": engine})) is not None:
-        ema.load_state_dict(state["ema"])
-        step, position = state["step"], state["data_position"]
-        log.rewind(step)
+    step, position, _ = resume_run(cfg.run_dir, {"model": engine}, ema, log)
     loader = infinite_loader(Toy(), cfg.batch_size, seed=cfg.seed, start_position=position, dist=dist)
     losses = {}
     batches = iter(loader)
@@ -88,6 +85,18 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     assert TrainConfig.load_json(tmp_path / "a" / "config.json").total_steps == 8
 
 
+def test_metrics_hold_each_step_once_after_kills_before_the_first_checkpoint(tmp_path):
+    straight, _ = train(tmp_path / "a", 4)
+    train(tmp_path / "b", 4, stop_after=1)                  # killed before its first checkpoint (step 2)
+    with open(tmp_path / "b" / "metrics.jsonl", "a") as fh:
+        fh.write('{"step": 2, "lo')                          # and killed in the middle of a row
+    train(tmp_path / "b", 4, stop_after=3)                  # from scratch again; killed after checkpoint 2
+    again, _ = train(tmp_path / "b", 4)
+    rows = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert [r["loss"] for r in rows] == [straight[s] for s in range(1, 5)]
+
+
 def test_rng_state_round_trip():
     seed_everything(7)
     state = ckpt.capture_rng_state()
@@ -114,13 +123,61 @@ def test_crash_before_rename_keeps_previous_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(ckpt, "replace_directory", crash)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(tmp_path, 20, {"m": engine}, {"step": 20})
-    assert (tmp_path / "checkpoints" / ".tmp_step_00000020").is_dir()
+    assert not (tmp_path / "checkpoints" / ".tmp_step_00000020").exists()   # the partial write is removed
     assert latest_checkpoint(tmp_path) == first
     assert load_checkpoint(latest_checkpoint(tmp_path), {"m": engine}) == {"step": 10}
     monkeypatch.undo()
+    (tmp_path / "checkpoints" / ".tmp_step_00000020").mkdir()               # as a SIGKILL mid-write leaves it
     again = save_checkpoint(tmp_path, 20, {"m": engine}, {"step": 20}, keep=1)  # the retry cleans up
     assert latest_checkpoint(tmp_path) == again and not first.exists()
     assert not (tmp_path / "checkpoints" / ".tmp_step_00000020").exists()
+
+
+BIG = {"blob": torch.zeros(3 * 2**20 // 4)}     # 3 MB of extra state: sizes worth printing in MB
+
+
+@pytest.mark.parametrize("error", [OSError(errno.ENOSPC, "No space left on device"),
+                                   RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0")])
+def test_disk_full_mid_write_is_one_line_and_leaves_no_partial_folder(tmp_path, monkeypatch, error):
+    engine = _engine()
+    first = save_checkpoint(tmp_path, 10, {"m": engine}, {"step": 10, **BIG})
+    real_save, calls = torch.save, []
+
+    def fill_the_disk(obj, f, *args, **kwargs):             # the engine state lands, the next file does not
+        calls.append(f)
+        if len(calls) > 1:
+            raise error
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", fill_the_disk)
+    frees = iter([8 * 2**20, 2**19])                       # enough before the write, 0.5 MB left after it
+    monkeypatch.setattr(ckpt, "_free_bytes", lambda folder: next(frees))
+    with pytest.raises(NoSpaceError, match=r"^no space left on \S+checkpoints: need ~4 MB, have 0 MB; ") as err:
+        save_checkpoint(tmp_path, 20, {"m": engine}, {"step": 20, **BIG})
+    assert "\n" not in str(err.value) and err.value.__cause__ is error
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == [first.name]
+    monkeypatch.undo()
+    assert load_checkpoint(latest_checkpoint(tmp_path), {"m": engine})["step"] == 10
+
+
+def test_other_write_errors_pass_through_and_leave_no_partial_folder(tmp_path, monkeypatch):
+    engine = _engine()
+    first = save_checkpoint(tmp_path, 10, {"m": engine}, {"step": 10})
+    monkeypatch.setattr(ckpt, "capture_rng_state", lambda: {"lock": __import__("threading").Lock()})
+    with pytest.raises(Exception, match="pickle"):          # plenty of space: not reported as a full disk
+        save_checkpoint(tmp_path, 20, {"m": engine}, {"step": 20})
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == [first.name]
+
+
+def test_too_little_free_space_stops_before_writing(tmp_path, monkeypatch):
+    engine = _engine()
+    first = save_checkpoint(tmp_path, 10, {"m": engine}, {"step": 10, **BIG})
+    monkeypatch.setattr(ckpt, "_free_bytes", lambda folder: 2 * 2**20)
+    with pytest.raises(NoSpaceError, match=r"need ~4 MB, have 2 MB"):
+        save_checkpoint(tmp_path, 20, {"m": engine}, {"step": 20, **BIG})
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == [first.name]
+    monkeypatch.setattr(ckpt, "_free_bytes", lambda folder: 5 * 2**20)
+    assert save_checkpoint(tmp_path, 20, {"m": engine}, {"step": 20, **BIG}, keep=1).name == "step_00000020"
 
 
 def test_incomplete_and_foreign_directories_are_ignored(tmp_path):

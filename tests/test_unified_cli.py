@@ -1,11 +1,16 @@
 """The generate / caption / verify commands: outputs written, never overwritten, readable back."""
 import argparse
 import json
+import shutil
 
 import pytest
+from PIL import Image
 from safetensors.torch import load_file
 
+from unimodal.cli import main
 from unimodal.commands import caption, generate, verify
+from unimodal.config import InputError
+from unimodal.shipped import SHIPPED_MODEL_DIR
 from unimodal.unified.testing import tiny_model
 
 
@@ -54,5 +59,74 @@ def test_generate_writes_unique_outputs(model_dir, tmp_path, capsys):
 def test_missing_inputs_are_clear_errors(model_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="no such image"):
         _run(["caption", str(tmp_path / "nope.png"), "--model", str(model_dir)])
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
     with pytest.raises(FileNotFoundError, match="no model at .*missing"):
-        _run(["verify", "x.png", "p", "--model", str(tmp_path / "missing")])
+        _run(["verify", str(tmp_path / "x.png"), "p", "--model", str(tmp_path / "missing")])
+
+
+def _main(argv, capsys) -> tuple[int, str]:
+    """`unimodal ARGV` in this process: (exit status, stderr)."""
+    capsys.readouterr()
+    try:
+        rc = main(argv)
+    except SystemExit as e:                               # argparse's usage errors
+        rc = e.code
+    return rc, capsys.readouterr().err
+
+
+def test_bad_generate_requests_are_one_line(model_dir, tmp_path, capsys):
+    truncated = tmp_path / "truncated-model"
+    shutil.copytree(model_dir, truncated)
+    weights = (truncated / "model.safetensors").read_bytes()
+    (truncated / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    not_utf8 = b"a red \xff square".decode("utf-8", "surrogateescape")     # how Python hands such argv over
+    cases = [([not_utf8], 2, "argument PROMPT: not valid UTF-8"),
+             ([""], 2, "argument PROMPT: must not be empty"),
+             (["   "], 2, "argument PROMPT: must not be empty"),
+             (["a red square", "--n", "0"], 2, "argument --n: must be in [1, 64], got 0"),
+             (["a red square", "--n", "-1"], 2, "argument --n: must be in [1, 64], got -1"),
+             (["a red square", "--n", "100000"], 2, "argument --n: must be in [1, 64], got 100000"),
+             (["a red square", "--n", "2", "--keep", "3"], 2, "--keep 3 is more than --n 2"),
+             (["a red square", "--steps", "0"], 2, "argument --steps: must be in [1, 1000], got 0"),
+             (["a red square", "--cfg", "0"], 2, "argument --cfg: must be a number > 0"),
+             (["a red square " * 400], 1, "tokens; this model takes at most 967 (its LLM has 1024 positions)"),
+             (["a red square", "--model", str(truncated)], 1,
+              f"{truncated / 'model.safetensors'} is not a complete safetensors file")]
+    for extra, status, message in cases:
+        argv = ["generate", *extra, "--out", str(tmp_path / "out"), "--device", "cpu"]
+        if "--model" not in extra:
+            argv += ["--model", str(model_dir)]
+        rc, err = _main(argv, capsys)
+        assert rc == status and message in err, (extra[:3], rc, err)
+        errors = [line for line in err.splitlines() if "error:" in line]
+        assert len(errors) == 1 and errors[0].startswith("unimodal generate: error: ") and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(InputError, match="not a complete safetensors file"):
+        main(["--debug", "generate", "a red square", "--model", str(truncated)])
+
+
+@pytest.mark.parametrize("argv", [["sample", "--model", "m", "--rae", "r", "--num", "4", "--out", "o.npz"],
+                                  ["eval", "shapes", "--out", "o"], ["chat"], ["demo"], ["generate", "p"]])
+def test_step_and_candidate_flags_are_bounded_everywhere(argv, capsys):
+    steps = "--num-steps" if argv[0] == "eval" else "--steps"
+    for flag, value in [(steps, "0"), (steps, "1001"), ("--n" if argv[0] != "sample" else "--num", "0"),
+                        ("--cfg-scale" if argv[0] in ("sample", "eval") else "--cfg", "-1")]:
+        if argv[0] == "demo" and flag == "--cfg":
+            continue                                      # demo draws with the model's own guidance
+        rc, err = _main(argv + [flag, value], capsys)
+        assert rc == 2 and f"argument {flag}: must be" in err, (flag, value, err)
+
+
+@pytest.mark.skipif(not (SHIPPED_MODEL_DIR / "config.json").is_file(), reason="no shipped model in models/shapes")
+def test_generate_help_states_the_shipped_models_prompt_limit(capsys):
+    from unimodal.text.tokenizer import load_tokenizer
+    from unimodal.unified.chat import ChatFormat
+    from unimodal.unified.config import UnifiedConfig
+
+    cfg = UnifiedConfig.load_json(SHIPPED_MODEL_DIR / "config.json")
+    chat = ChatFormat(load_tokenizer(SHIPPED_MODEL_DIR)[0], cfg.num_latent_tokens, cfg.system_prompt, cfg.generate_template)
+    limit = chat.text_room(cfg.llm["max_position_embeddings"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    assert f"({limit} for models/shapes)" in " ".join(capsys.readouterr().out.split())

@@ -10,7 +10,7 @@ import importlib
 import sys
 
 from unimodal import __version__
-from unimodal.config import ConfigError
+from unimodal.config import ConfigError, InputError
 
 # Module names under unimodal.commands, in the order `--help` lists them.
 COMMAND_MODULES = [
@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train, evaluate and chat with a unified RAE-DiT + Qwen-2.5 model.",
     )
     parser.add_argument("--version", action="version", version=f"unimodal {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, show the Python traceback instead of one line (unimodal --debug COMMAND ...)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(f"unimodal.commands.{name}").add_parser(subparsers)
@@ -45,6 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 class UserError(Exception):
     """A bad input from the user: printed as one line, exit status 2."""
+
+
+# The user's errors, each printed as one line "unimodal COMMAND: error: ..." with its exit status:
+# 2 for a command line that cannot work (a flag, a missing path, a config), 1 for an input the
+# run could not use (a broken image or weights file, a prompt too long for the model). Anything
+# else is a bug and keeps its traceback.
+EXIT_STATUS = {UserError: 2, ConfigError: 2, FileNotFoundError: 2, InputError: 1}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,11 +67,19 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.command is None else 2
+    return run_command(args, f"unimodal {args.command}", debug=args.debug)
+
+
+def run_command(args: argparse.Namespace, prog: str, debug: bool = False) -> int:
+    """`args.func(args)`'s exit status; a user error (EXIT_STATUS) is one line on stderr instead
+    of a traceback, unless `debug`."""
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, UserError, FileNotFoundError) as e:
-        print(f"unimodal {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except tuple(EXIT_STATUS) as e:
+        if debug:
+            raise
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return next(code for cls, code in EXIT_STATUS.items() if isinstance(e, cls))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,11 @@ class ConfigError(ValueError):
     """A configuration that cannot work; the message is one line that says what to change."""
 
 
+class InputError(ValueError):
+    """An input that cannot be used (an image or weights file, a prompt too long for the model); the
+    message is one line naming it and why. The CLI prints it and exits 1, like any failed run."""
+
+
 def _is_config_type(tp: Any) -> bool:
     return isinstance(tp, type) and issubclass(tp, Config)
 

@@ -130,24 +130,20 @@ class ChatBackend:
         return {key: number(*args) for key, args in bounds.items() if args[0] is not None and args[0] != ""}
 
     def check_upload(self, path: str | os.PathLike) -> None:
-        """Size, pixel count and decodability of an uploaded file, before the model sees it."""
-        from PIL import Image, UnidentifiedImageError
+        """Size, pixel count and decodability of an uploaded file, before the model sees it. Messages
+        name the file by its own name (Gradio keeps it as the temp file's name), never the server's
+        temp folder."""
+        from unimodal.data.images import load_rgb
 
         path = Path(path)
         if not path.is_file():
             raise ValueError("the upload did not arrive; try again")
         size = path.stat().st_size
         if size > self.limits.max_upload_bytes:
-            raise ValueError(f"the upload is {size / 2**20:.1f} MiB; the limit is {self.limits.max_upload_bytes / 2**20:.1f} MiB")
-        if size == 0:
-            raise ValueError("the upload is empty (0 bytes)")
-        try:
-            with Image.open(path) as im:            # reads the header only: the size before any decoding
-                w, h = im.size
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-            raise ValueError(f"{path.name} is not an image this server can read (PNG, JPEG, WebP, ...)") from None
-        if w * h > self.limits.max_image_pixels:
-            raise ValueError(f"the image is {w}x{h}; the limit is {self.limits.max_image_pixels} pixels")
+            raise ValueError(f"{path.name} is {size / 2**20:.1f} MiB; the limit is {self.limits.max_upload_bytes / 2**20:.1f} MiB")
+        # Decoded whole (the pixel limit is checked on the header first), so a truncated file is
+        # refused here with its name rather than later with the temp path.
+        load_rgb(path, name=path.name, max_pixels=self.limits.max_image_pixels)
 
     # ------------------------------------------------------------------ requests
     def _run(self, cid: str, shown: str, make: Callable[[ChatEngine], TurnResult], ui_settings: tuple | None,

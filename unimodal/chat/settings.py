@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 
 from unimodal.config import Config, ConfigError
+from unimodal.limits import MAX_CANDIDATES, MAX_STEPS
+
 
 @dataclasses.dataclass
 class ChatSettings(Config):
@@ -24,12 +26,12 @@ class ChatSettings(Config):
     def __post_init__(self) -> None:
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
-        if self.steps is not None and self.steps < 1:
-            raise ConfigError(f"steps must be >= 1, got {self.steps}")
-        if self.cfg is not None and not (math.isfinite(self.cfg) and self.cfg >= 0):
-            raise ConfigError(f"cfg must be >= 0, got {self.cfg}")
-        if self.n < 1:
-            raise ConfigError(f"n must be >= 1, got {self.n}")
+        if self.steps is not None and not 1 <= self.steps <= MAX_STEPS:
+            raise ConfigError(f"steps must be in [1, {MAX_STEPS}], got {self.steps}")
+        if self.cfg is not None and not (math.isfinite(self.cfg) and self.cfg > 0):
+            raise ConfigError(f"cfg must be > 0 (1 = off), got {self.cfg}")
+        if not 1 <= self.n <= MAX_CANDIDATES:
+            raise ConfigError(f"n must be in [1, {MAX_CANDIDATES}], got {self.n}")
         if self.tokens < 1:
             raise ConfigError(f"tokens must be >= 1, got {self.tokens}")
 

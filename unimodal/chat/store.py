@@ -9,6 +9,9 @@
 
 Each file is written to a temporary name and renamed; session.json goes last, so a crash leaves
 the previous turn's session intact (a half-finished turn's files are overwritten by the next).
+Every file path in session.json must lie inside the session folder: a session that names one
+outside (``../``, an absolute path, a link leading out) is refused when opened, so neither reading
+it nor replaying it touches files elsewhere.
 """
 from __future__ import annotations
 
@@ -40,6 +43,26 @@ def png_bytes(image: torch.Tensor) -> bytes:
     buf = io.BytesIO()
     to_pil(image).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def _file_paths(data: dict, where: Path):
+    """Every file path a session file names: each turn's kept images and latents and its /ask copy."""
+    turns = data.get("turns")
+    if not isinstance(turns, list):
+        raise ConfigError(f"{where}: 'turns' must be a list")
+    for turn in turns:
+        if not isinstance(turn, dict):
+            raise ConfigError(f"{where}: a turn in the session file is malformed (not a mapping)")
+        request = turn.get("request") if isinstance(turn.get("request"), dict) else {}
+        if request.get("path") is not None and not turn.get("input"):
+            # Without its copy, a replay would read the original file wherever it is.
+            raise ConfigError(f"{where}: turn {turn.get('index')} read {request['path']!r} but has no copy "
+                              "of it ('input') in the session folder")
+        if turn.get("input") is not None:
+            yield turn["input"]
+        for image in turn.get("images") or []:
+            if isinstance(image, dict):
+                yield from (image[key] for key in ("image", "latent") if image.get(key) is not None)
 
 
 def latent_bytes(latent: torch.Tensor) -> bytes:
@@ -77,9 +100,13 @@ class SessionStore:
         if not path.is_file():
             raise FileNotFoundError(f"{root} is not a chat session (no {SESSION_FILE})")
         data = read_json(path)
-        if data.get("format") != FORMAT:
-            raise ConfigError(f"{path}: session format {data.get('format')!r}, this version reads {FORMAT}")
-        return cls(root, data)
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            found = data.get("format") if isinstance(data, dict) else None
+            raise ConfigError(f"{path}: session format {found!r}, this version reads {FORMAT}")
+        store = cls(root, data)
+        for rel in _file_paths(data, path):
+            store.path(rel)
+        return store
 
     @classmethod
     def open_or_create(cls, root: str | os.PathLike, model: str, settings: dict) -> "SessionStore":
@@ -91,7 +118,15 @@ class SessionStore:
         return self.data["turns"]
 
     def path(self, rel: str) -> Path:
-        return self.root / rel
+        """The file `rel` names in the folder; ConfigError if it resolves outside the folder."""
+        where = self.root / SESSION_FILE
+        if not isinstance(rel, str) or not rel:
+            raise ConfigError(f"{where}: {rel!r} is not a file path inside the session folder")
+        target = self.root / rel
+        # resolve() follows links and "..": what is checked is the file that would be opened.
+        if not target.resolve().is_relative_to(self.root.resolve()):
+            raise ConfigError(f"{where}: {rel!r} lies outside the session folder {self.root}; refusing to read it")
+        return target
 
     def write_image(self, stem: str, image: torch.Tensor) -> str:
         rel = f"images/{stem}.png"
@@ -106,7 +141,7 @@ class SessionStore:
     def read_latent(self, rel: str) -> torch.Tensor:
         from unimodal.commands._unified_io import load_latent
 
-        return load_latent(self.root / rel)
+        return load_latent(self.path(rel))
 
     def copy_input(self, stem: str, src: str | os.PathLike) -> str:
         rel = f"inputs/{stem}{Path(src).suffix.lower()}"

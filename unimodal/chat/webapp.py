@@ -9,6 +9,7 @@ new ones with a "queue full" message. Fonts are the system's, so the page needs 
 from __future__ import annotations
 
 import os
+import re
 
 from unimodal.chat.backend import WARN, ChatBackend, Reply
 
@@ -23,6 +24,17 @@ CSS = """
 """
 
 
+# Every ASCII punctuation character; CommonMark lets each be backslash-escaped to stand for itself.
+_MARKDOWN_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
+
+
+def as_text(text: str) -> str:
+    """Markdown that shows `text` literally. The chat pane and the status line render Markdown and
+    then HTML (sanitised, but a prompt's <img> tag still became an image and cut the echo short),
+    and every message in them holds user text: prompts, captions, file names."""
+    return _MARKDOWN_PUNCTUATION.sub(r"\\\1", text)
+
+
 def _progress_callback(progress):
     return lambda message: progress(None, desc=message)
 
@@ -34,9 +46,11 @@ def build_app(backend: ChatBackend):
     lim, defaults = backend.limits, backend.default_settings()
 
     def outputs_of(cid: str, reply: Reply):
+        # Gallery captions are plain text in the page already; only Markdown panes need escaping.
         gallery = [(item.image, item.caption) for item in reply.gallery]
-        status = f"{WARN}{reply.error}" if reply.error else ""
-        return cid, reply.messages, gallery, status
+        messages = [{**m, "content": as_text(m["content"])} for m in reply.messages]
+        status = f"{WARN}{as_text(reply.error)}" if reply.error else ""
+        return cid, messages, gallery, status
 
     def on_send(cid, message, upload, seed, steps, cfg, n, progress=gr.Progress()):
         cid = cid or backend.new_conversation()
@@ -58,7 +72,8 @@ def build_app(backend: ChatBackend):
         gr.Markdown(INTRO)
         with gr.Row():
             with gr.Column(scale=3):
-                chat = gr.Chatbot(label="Conversation", elem_id="chat", height=420, feedback_options=None)
+                chat = gr.Chatbot(label="Conversation", elem_id="chat", height=420, feedback_options=None,
+                                  latex_delimiters=[])    # "$" in a prompt is text, not a formula
                 with gr.Row():
                     message = gr.Textbox(show_label=False, elem_id="message", scale=5, max_lines=4, autofocus=True,
                                          placeholder=f"message, /image PROMPT, /best N, /critique (at most {lim.max_prompt_chars} characters)")
@@ -75,7 +90,7 @@ def build_app(backend: ChatBackend):
                 with gr.Accordion("Settings", open=True):
                     seed = gr.Number(defaults.seed, label="seed", precision=0, minimum=0, maximum=lim.max_seed, elem_id="seed")
                     steps = gr.Slider(1, lim.max_steps, defaults.steps, step=1, label="steps", elem_id="steps")
-                    cfg = gr.Slider(0, lim.max_cfg, defaults.cfg, step=0.1, label="guidance", elem_id="cfg")
+                    cfg = gr.Slider(1, lim.max_cfg, defaults.cfg, step=0.1, label="guidance (1 = off)", elem_id="cfg")
                     n = gr.Slider(1, lim.max_n, defaults.n, step=1, label="N (candidates, the best kept)", elem_id="n")
         model_events = dict(concurrency_limit=1, concurrency_id="model")
         send_outputs = [cid, chat, gallery, status, message, upload]

@@ -29,7 +29,8 @@ def load_model(args):
 
 
 def load_image(path: str | os.PathLike) -> "torch.Tensor":
-    """An image file -> [3, H, W] float in [0, 1]."""
+    """An image file -> [3, H, W] float in [0, 1]; BadImageError (one line naming the file) for
+    one that cannot be used."""
     import numpy as np
     import torch
 
@@ -42,12 +43,29 @@ def load_image(path: str | os.PathLike) -> "torch.Tensor":
 
 
 def load_latent(path: str | os.PathLike) -> "torch.Tensor":
-    from safetensors.torch import load_file
+    from unimodal.config import InputError
+    from unimodal.utils.weights import read_safetensors
 
-    tensors = load_file(str(path))
+    tensors = read_safetensors(path)
     if LATENT_KEY not in tensors:
-        raise ValueError(f"{path}: no '{LATENT_KEY}' tensor (keys: {sorted(tensors)})")
-    return tensors[LATENT_KEY]
+        raise InputError(f"{path}: no '{LATENT_KEY}' tensor (keys: {sorted(tensors)}); pass a latent `unimodal generate` wrote")
+    latent = tensors[LATENT_KEY]
+    if latent.dim() != 2:
+        raise InputError(f"{path}: '{LATENT_KEY}' is {tuple(latent.shape)}, not [tokens, channels]")
+    return latent
+
+
+def read_inputs(paths) -> list["torch.Tensor"]:
+    """Each path as a latent [N, C] (a .safetensors file) or an image [3, H, W]: all read before
+    the model loads, so a bad file is refused at once."""
+    return [load_latent(p) if str(p).endswith(".safetensors") else load_image(p) for p in paths]
+
+
+def latents_of(model, inputs) -> "torch.Tensor":
+    """`read_inputs`' tensors -> latents [B, N, C] (images through the model's encoder)."""
+    import torch
+
+    return torch.stack([x.to(model.device) if x.dim() == 2 else model.encode_images(x[None])[0] for x in inputs])
 
 
 def slug(text: str, limit: int = 48) -> str:

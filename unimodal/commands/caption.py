@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import json
 
-from unimodal.commands._unified_io import add_model_args, load_image, load_latent, load_model
+from unimodal.commands._args import int_in, text_arg
+from unimodal.commands._unified_io import add_model_args, latents_of, load_model, read_inputs
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("caption", help="caption images (or latents) / answer a question about them")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_LATENT")
     add_model_args(p)
-    p.add_argument("--question", default=None, help='default: "Describe this image."')
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--question", type=text_arg, default=None, help='default: "Describe this image."')
+    p.add_argument("--max-new-tokens", type=int_in(1), default=64)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
@@ -23,24 +24,13 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def latents_of(model, paths) -> "torch.Tensor":
-    import torch
-
-    out = []
-    for path in paths:
-        if str(path).endswith(".safetensors"):
-            out.append(load_latent(path).to(model.device))
-        else:
-            out.append(model.encode_images(load_image(path)[None])[0])
-    return torch.stack(out)
-
-
 def run(args) -> int:
     from unimodal.unified.chat import CAPTION_QUESTION
     from unimodal.unified.generate import caption
 
+    inputs = read_inputs(args.inputs)
     model = load_model(args)
-    result = caption(model, latents=latents_of(model, args.inputs), question=args.question or CAPTION_QUESTION,
+    result = caption(model, latents=latents_of(model, inputs), question=args.question or CAPTION_QUESTION,
                      max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
     for path, text in zip(args.inputs, result.texts):
         print(json.dumps({"input": path, "caption": text}) if args.json else text)

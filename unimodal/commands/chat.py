@@ -12,6 +12,8 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+from unimodal.commands._args import CFG_HELP, MAX_CANDIDATES, MAX_STEPS, N_HELP, STEPS_HELP, int_in, positive_float
+
 
 def add_parser(subparsers) -> None:
     from unimodal.chat.syntax import HELP    # plain Python, no torch: --help stays instant
@@ -25,10 +27,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--session", default=None, help="session folder: continued if it holds one, else created")
     p.add_argument("--replay", default=None, metavar="DIR", help="run the saved session DIR again (needs --out)")
     p.add_argument("--out", default=None, metavar="DIR2", help="where --replay writes the new session")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--steps", type=int, default=None, help="DiT sampling steps (default: the model's)")
-    p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's)")
-    p.add_argument("--n", type=int, default=None, help="candidates per /image (best kept)")
+    p.add_argument("--seed", type=int_in(0), default=None)
+    p.add_argument("--steps", type=int_in(1, MAX_STEPS), default=None, help=STEPS_HELP)
+    p.add_argument("--cfg", type=positive_float, default=None, help=CFG_HELP)
+    p.add_argument("--n", type=int_in(1, MAX_CANDIDATES), default=None, help=N_HELP + " (per /image, best kept)")
     p.set_defaults(func=run)
 
 

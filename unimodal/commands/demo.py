@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from unimodal.commands._args import MAX_CANDIDATES, MAX_STEPS, STEPS_HELP, int_in, text_arg
+
 # One ShapesEval prompt per tag (GenEval phrasing); their metadata lines let the scorer check them.
 DEMO_TAGS = ("single_object", "colors", "counting", "two_object", "color_attr", "position")
 
@@ -17,11 +19,12 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("demo", help="generate, self-verify and caption with the shipped Shapes model")
     p.add_argument("--model", default=None, help="unified model directory (default: the shipped models/shapes)")
     p.add_argument("--out", default="outputs/demo")
-    p.add_argument("--n", type=int, default=8, help="candidates per prompt (best 1 kept by the judge)")
-    p.add_argument("--prompt", action="append", default=None,
+    p.add_argument("--n", type=int_in(1, MAX_CANDIDATES), default=8,
+                   help=f"candidates per prompt, 1..{MAX_CANDIDATES} (best 1 kept by the judge)")
+    p.add_argument("--prompt", action="append", default=None, type=text_arg,
                    help="a prompt of your own (repeatable); default: one ShapesEval prompt per GenEval tag")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=None, help="DiT sampling steps (default: the model's)")
+    p.add_argument("--steps", type=int_in(1, MAX_STEPS), default=None, help=STEPS_HELP)
     p.set_defaults(func=run)
 
 
@@ -67,7 +70,6 @@ def run(args) -> int:
 
     import torch
 
-    from unimodal.cli import UserError
     from unimodal.shipped import resolve_model_dir
     from unimodal.shapes.scorer import score_image
     from unimodal.evaluation.generator import tensor_to_pil
@@ -75,8 +77,6 @@ def run(args) -> int:
     from unimodal.unified.model import UnifiedModel
 
     model_dir = resolve_model_dir(args.model)
-    if args.n < 1:
-        raise UserError(f"--n must be >= 1, got {args.n}")
     t0 = time.time()
     model = UnifiedModel.from_pretrained(model_dir).eval()
     items, cfg = _demo_lines(args.prompt)

@@ -2,12 +2,13 @@
 
 The scripts in eval/ (geneval.py, dpg_bench.py, shapes_eval.py, test_time_scaling.py) call
 `script_main` with the same arguments. Exit status: 0 done, 1 count check failed (or a shard's
-range incomplete), 2 bad input.
+range incomplete, or an input the run cannot use), 2 bad command line.
 """
 from __future__ import annotations
 
 import argparse
-import sys
+
+from unimodal.commands._args import CFG_HELP, MAX_CANDIDATES, MAX_STEPS, STEPS_HELP, int_in, positive_float
 
 # sub-command -> help
 BENCHMARKS = {
@@ -22,13 +23,14 @@ def _common(p: argparse.ArgumentParser, keep: int = 4, n: int | None = None) -> 
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--model", default=None, help="unified model directory (UnifiedModel.save_pretrained)")
     p.add_argument("--seed", type=int, default=0, help="run seed; prompt seeds derive from (seed, prompt index)")
-    p.add_argument("--images-per-prompt", dest="keep", type=int, default=keep, metavar="K", help=f"images written per prompt ({keep})")
-    p.add_argument("--n", type=int, default=n, help="candidates per prompt; > images-per-prompt keeps the best by "
-                   "the model's own judge (default: no selection)")
+    p.add_argument("--images-per-prompt", dest="keep", type=int_in(1, MAX_CANDIDATES), default=keep, metavar="K",
+                   help=f"images written per prompt, 1..n ({keep})")
+    p.add_argument("--n", type=int_in(1, MAX_CANDIDATES), default=n, help=f"candidates per prompt, 1..{MAX_CANDIDATES}; "
+                   "> images-per-prompt keeps the best by the model's own judge (default: no selection)")
     p.add_argument("--judge", default="yes_prob", choices=["yes_prob", "likelihood"], help="self-verification score")
-    p.add_argument("--num-steps", type=int, default=None, help="sampler steps (default: the model config's)")
-    p.add_argument("--cfg-scale", type=float, default=None, help="guidance scale (default: the model config's)")
-    p.add_argument("--batch-size", type=int, default=16, help="candidates per DiT batch")
+    p.add_argument("--num-steps", type=int_in(1, MAX_STEPS), default=None, help=STEPS_HELP)
+    p.add_argument("--cfg-scale", type=positive_float, default=None, help=CFG_HELP)
+    p.add_argument("--batch-size", type=int_in(1), default=16, help="candidates per DiT batch")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
     g = p.add_argument_group("sharding (global prompt indices; shards never collide)")
     g.add_argument("--shard", type=int, default=None, help="this shard's number, 0-based")
@@ -64,7 +66,7 @@ def build_benchmark_parser(p: argparse.ArgumentParser, benchmark: str) -> None:
         _common(p)
     elif benchmark == "scaling":
         _shapes_args(p)
-        p.add_argument("--ns", default="1,2,4,8,16", help="comma-separated candidate counts N")
+        p.add_argument("--ns", default="1,2,4,8,16", help=f"comma-separated candidate counts N, each 1..{MAX_CANDIDATES}")
         p.add_argument("--judges", default="yes_prob,likelihood", help="judges whose best-of-N curves to draw")
         _common(p, keep=1)
     else:
@@ -109,10 +111,10 @@ def _run(args) -> int:
     if args.benchmark == "shapes":
         return runners.run_shapes(_options(args), args.shapes_config, args.metadata, args.split)[1]
     ns = _ints(args.ns)
-    if not ns:
+    if not ns or not all(1 <= v <= MAX_CANDIDATES for v in ns):
         from unimodal.config import ConfigError
 
-        raise ConfigError("--ns needs at least one N")
+        raise ConfigError(f"--ns needs at least one N, each in [1, {MAX_CANDIDATES}], got {args.ns!r}")
     if args.n is None:
         args.n = max(ns)
     judges = [j.strip() for j in args.judges.split(",") if j.strip()]
@@ -121,13 +123,8 @@ def _run(args) -> int:
 
 def script_main(benchmark: str, argv: list[str] | None = None) -> int:
     """Entry point of eval/<benchmark>.py: the same arguments as `unimodal eval <benchmark>`."""
-    from unimodal.config import ConfigError
+    from unimodal.cli import run_command
 
     parser = argparse.ArgumentParser(prog=f"eval/{benchmark}", description=BENCHMARKS[benchmark])
     build_benchmark_parser(parser, benchmark)
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except (ConfigError, FileNotFoundError) as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
-        return 2
+    return run_command(parser.parse_args(argv), parser.prog)

@@ -11,24 +11,26 @@ else Euler, 50 steps, the dimension shift of the latent shape.
 """
 from __future__ import annotations
 
+from unimodal.commands._args import CFG_HELP, MAX_STEPS, STEPS_HELP, int_in, positive_float
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("sample", help="sample class-conditional images from a DiT (PNGs + FID .npz)")
     p.add_argument("--model", required=True, help="DiT directory (train dit export / DiT.save_pretrained)")
     p.add_argument("--rae", required=True, help="RAE directory whose decoder turns latents into pixels")
-    p.add_argument("--num", type=int, required=True, help="number of images (a multiple of the class count)")
+    p.add_argument("--num", type=int_in(1), required=True, help="number of images (a multiple of the class count)")
     p.add_argument("--out", required=True, help="output .npz (uint8 N x H x W x 3 under arr_0)")
     p.add_argument("--png-dir", default=None, help="PNG folder (default: next to --out, <stem>_png)")
     p.add_argument("--classes", default=None, help="comma-separated labels to sample (default: all classes)")
-    p.add_argument("--cfg-scale", type=float, default=None, help="guidance scale w (1 = off)")
+    p.add_argument("--cfg-scale", type=positive_float, default=None, help=CFG_HELP)
     p.add_argument("--guidance", choices=["cfg", "autoguidance"], default=None)
     p.add_argument("--guide-model", default=None, help="weaker DiT directory for autoguidance")
     p.add_argument("--interval", type=float, nargs=2, default=None, metavar=("T_MIN", "T_MAX"),
                    help="apply guidance only for T_MIN <= t <= T_MAX (t = 1 is noise)")
     p.add_argument("--method", choices=["euler", "heun"], default=None)
-    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--steps", type=int_in(1, MAX_STEPS), default=None, help=STEPS_HELP)
     p.add_argument("--shift", type=float, default=None, help="time shift (default: the model's training shift)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int_in(1), default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast")
     p.add_argument("--skip-existing", action="store_true", help="keep PNGs already written (resume a long run)")
@@ -66,8 +68,6 @@ def run(args) -> int:
     out = Path(args.out)
     if out.suffix != ".npz":
         raise UserError(f"--out must end in .npz, got {out}")
-    if args.num < 1 or args.batch_size < 1:
-        raise UserError("--num and --batch-size must be >= 1")
     png_dir = Path(args.png_dir) if args.png_dir else out.with_name(f"{out.stem}_png")
     dist = init_distributed()
     try:

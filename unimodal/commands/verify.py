@@ -8,23 +8,25 @@ from __future__ import annotations
 
 import json
 
-from unimodal.commands._unified_io import add_model_args, load_model
+from unimodal.commands._args import text_arg
+from unimodal.commands._unified_io import add_model_args, latents_of, load_model, read_inputs
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("verify", help="self-verification: does an image (or latent) match a prompt?")
     p.add_argument("input", metavar="IMAGE_OR_LATENT")
-    p.add_argument("prompt", metavar="PROMPT")
+    p.add_argument("prompt", metavar="PROMPT", type=text_arg, help="non-empty UTF-8 text, at most the model's "
+                   "prompt length in tokens (see `unimodal generate --help`)")
     add_model_args(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from unimodal.commands.caption import latents_of
     from unimodal.unified.generate import verify
 
+    inputs = read_inputs([args.input])
     model = load_model(args)
-    scores = verify(model, latents_of(model, [args.input]), [args.prompt])
+    scores = verify(model, latents_of(model, inputs), [args.prompt])
     print(json.dumps({"input": args.input, "prompt": args.prompt, "yes_prob": float(scores.yes_prob[0]),
                       "likelihood": float(scores.likelihood[0])}))
     return 0

@@ -2,8 +2,17 @@
 
 Web-scale image sets hold grayscale, transparent, CMYK, palette and 16-bit images next to broken
 ones. `load_rgb` turns every usable one into the same 8-bit RGB form and raises `BadImageError`
-with a short machine-readable `reason` for the rest, so a prescan can count what it skipped. (No torch here: prescan worker processes import this
-module and should start fast.)
+with a short machine-readable `reason` for the rest, so a prescan can count what it skipped. (No
+torch here: prescan worker processes import this module and should start fast.)
+
+Limits, checked on the header's size before any pixel is decoded:
+- at most MAX_PIXELS pixels (8192 x 8192): a file whose header claims more is a decompression
+  bomb or far beyond what any stage uses, and decoding it would take gigabytes;
+- a long side at most MAX_ASPECT times the short side: a 20000 x 8 strip resized to a 256 px short
+  side would be 640000 px wide, and a square crop of it shows nothing recognisable;
+- a short side of at least `min_size` (1 by default; training data sets it with data.min_size).
+Everything else PIL decodes is used: CMYK, 16-bit, palette with transparency (composited onto a
+background), EXIF-rotated (turned upright), animated (the first frame), any extension.
 """
 from __future__ import annotations
 
@@ -15,12 +24,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from unimodal.config import InputError
+
+MAX_PIXELS = 8192 * 8192
+MAX_ASPECT = 32
+
 # Skip reasons counted by the prescan (sources.scan_source); one word each, used as metric names.
-REASONS = ("missing", "undecodable", "truncated", "too_small", "empty_caption", "missing_caption", "duplicate")
+REASONS = ("missing", "undecodable", "truncated", "too_small", "too_large", "extreme_aspect", "empty_caption",
+           "missing_caption", "duplicate")
 
 
-class BadImageError(ValueError):
-    """An image that cannot be used; `reason` is one of REASONS."""
+class BadImageError(InputError):
+    """An image that cannot be used; `reason` is one of REASONS, the message names the file."""
 
     def __init__(self, reason: str, message: str):
         if reason not in REASONS:
@@ -29,28 +44,52 @@ class BadImageError(ValueError):
         self.reason = reason
 
 
-def _open(src: str | os.PathLike | bytes | Image.Image, name: str) -> Image.Image:
+def _check_size(size: tuple[int, int], name: str, min_size: int, max_pixels: int) -> None:
+    w, h = size
+    if w * h > max_pixels:
+        raise BadImageError("too_large", f"{name} is {w}x{h} = {w * h:,} pixels, above the limit of {max_pixels:,}; "
+                                         "downscale it")
+    if w == 0 or h == 0 or min(w, h) < min_size:
+        raise BadImageError("too_small", f"{name} is {w}x{h}, below min_size={min_size}")
+    if max(w, h) > MAX_ASPECT * min(w, h):
+        raise BadImageError("extreme_aspect", f"{name} is {w}x{h}, one side more than {MAX_ASPECT} times the "
+                                              "other; crop it")
+
+
+def _open(src: str | os.PathLike | bytes | Image.Image, name: str, min_size: int, max_pixels: int) -> Image.Image:
     if isinstance(src, Image.Image):
+        _check_size(src.size, name, min_size, max_pixels)
         return src
     try:
-        if isinstance(src, (bytes, bytearray, memoryview)):
-            if len(src) == 0:
-                raise BadImageError("undecodable", f"{name} is empty (0 bytes)")
-            img = Image.open(io.BytesIO(bytes(src)))
-        else:
-            img = Image.open(Path(src))
         with warnings.catch_warnings():
-            # A DecompressionBombWarning is not an error here; the error version still raises below.
+            # PIL warns from 89 Mpx and raises from twice that; the limit below is ours, and a
+            # warning would be a second line on stderr next to the error.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            if isinstance(src, (bytes, bytearray, memoryview)):
+                img = Image.open(io.BytesIO(bytes(src)))
+            else:
+                img = Image.open(Path(src))
+            _check_size(img.size, name, min_size, max_pixels)   # from the header, before decoding
             img.load()  # decode everything now: truncation only shows up here
         return img
+    except BadImageError:
+        raise
     except FileNotFoundError:
         raise BadImageError("missing", f"{name} does not exist") from None
+    except IsADirectoryError:
+        raise BadImageError("missing", f"{name} is a folder, not an image file") from None
+    except Image.DecompressionBombError:
+        raise BadImageError("too_large", f"{name} claims more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels, above "
+                                         f"the limit of {max_pixels:,}; downscale it") from None
     except UnidentifiedImageError:
-        raise BadImageError("undecodable", f"{name} is not an image PIL can identify") from None
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
-        reason = "truncated" if "truncated" in str(e).lower() else "undecodable"
-        raise BadImageError(reason, f"{name}: {type(e).__name__}: {e}") from None
+        empty = len(src) == 0 if isinstance(src, (bytes, bytearray, memoryview)) else Path(src).stat().st_size == 0
+        what = "is empty (0 bytes)" if empty else "is not an image file (PNG, JPEG, WebP, GIF, TIFF, BMP, ...)"
+        raise BadImageError("undecodable", f"{name} {what}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        if "truncated" in str(e).lower():
+            raise BadImageError("truncated", f"{name} is truncated (the file ends inside the image data); "
+                                             "re-download or re-export it") from None
+        raise BadImageError("undecodable", f"{name} cannot be decoded ({type(e).__name__}: {e})") from None
 
 
 def _to_uint8(img: Image.Image) -> Image.Image:
@@ -81,16 +120,16 @@ def to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255))
 
 
 def load_rgb(src: str | os.PathLike | bytes | Image.Image, *, min_size: int = 1,
-             background: tuple[int, int, int] = (255, 255, 255), name: str | None = None) -> Image.Image:
+             background: tuple[int, int, int] = (255, 255, 255), name: str | None = None,
+             max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Decode `src` (a path, encoded bytes or a PIL image) to an 8-bit RGB image.
 
     EXIF orientation is applied; animated images give their first frame. Raises BadImageError
-    ("missing", "undecodable", "truncated" or "too_small": a side below `min_size`, or zero).
+    ("missing", "undecodable", "truncated", "too_large": more than `max_pixels`, "extreme_aspect":
+    sides more than MAX_ASPECT apart, or "too_small": a side below `min_size`, or zero).
     """
     name = name or (str(src) if isinstance(src, (str, os.PathLike)) else type(src).__name__)
-    img = _open(src, name)
-    if img.width == 0 or img.height == 0 or min(img.size) < min_size:
-        raise BadImageError("too_small", f"{name} is {img.width}x{img.height}, below min_size={min_size}")
+    img = _open(src, name, min_size, max_pixels)
     try:
         img = ImageOps.exif_transpose(img)
     except (OSError, ValueError, SyntaxError):

@@ -2,8 +2,10 @@
 
 A source is a list of `Record`s: the encoded image (path, bytes or PIL image), an optional integer
 label and an optional caption. `scan_source` decodes every record once before training, keeps the
-usable ones and counts the rest per reason (images.REASONS); `ScanReport.check` stops the run with
-one line when too much of the data is unusable, instead of silently training on what is left.
+usable ones and counts the rest per reason (images.REASONS, and missing_file / escaping_path /
+bad_row for metadata rows that name no usable image, see ImageFolderSource); `ScanReport.check`
+stops the run with one line when too much of the data is unusable, instead of silently training
+on what is left.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ class Record:
     label: int | None = None
     caption: str | None = None
     key: str = ""              # a name for messages (file path, row number)
+    problem: str | None = None  # a skip reason known without reading: a metadata row naming no usable image
 
 
 class SyntheticImageSource:
@@ -110,6 +113,12 @@ class ImageFolderSource:
     - `class_subfolders`: ImageNet style, the first-level folder names sorted give labels 0..K-1.
     - captions: `metadata.jsonl` / `metadata.csv` files (the `datasets` imagefolder convention) with
       a `file_name` column relative to the metadata file's folder and a `text` or `caption` column.
+      A row without the caption column leaves its image uncaptioned (missing_caption in the
+      prescan); a row that names no image of the folder becomes a record of its own that the
+      prescan skips as `missing_file`, `escaping_path` (absolute or ``..`` paths leading out of
+      the folder; never opened) or `bad_row` (not a JSON object, no file_name). A later row for
+      the same image replaces the earlier one's caption; the replaced rows are counted in
+      `repeated_rows`.
     Files without an image extension (and the metadata files) are not records; they are counted in
     `other_files`. Files with an image extension that fail to decode are counted by the prescan.
     """
@@ -143,31 +152,40 @@ class ImageFolderSource:
                                         f"{self.root} (e.g. {loose[0].name}); move them into class folders")
             self.classes = sorted(tops)
         self._class_index = {c: i for i, c in enumerate(self.classes)}
-        self.captions_by_path = self._read_metadata(caption_column) if captions else {}
+        self.captions_by_path: dict[str, str | None] = {}
+        self.bad_rows: list[tuple[str, str]] = []   # (reason, key) of rows that name no usable image
+        self.repeated_rows = 0
+        if captions:
+            self._read_metadata(caption_column)
 
-    def _read_metadata(self, caption_column: str | None) -> dict[Path, str | None]:
-        out: dict[Path, str | None] = {}
+    def _read_metadata(self, caption_column: str | None) -> None:
         metas = sorted(p for name in METADATA_FILES for p in self.root.rglob(name))
         if not metas:
             raise FileNotFoundError(f"captions requested but no {' or '.join(METADATA_FILES)} under {self.root}")
+        # Paths are compared lexically (abspath, no link resolution): a row can only caption a file
+        # the folder walk listed, so nothing outside that list is ever opened.
+        root = os.path.abspath(self.root)
+        listed = {os.path.abspath(p) for p in self.files}
         for meta in metas:
-            if meta.suffix == ".jsonl":
-                rows = [json.loads(line) for line in meta.read_text().splitlines() if line.strip()]
-            else:
-                with open(meta, newline="") as fh:
-                    rows = list(csv.DictReader(fh))
-            for n, row in enumerate(rows):
-                if "file_name" not in row:
-                    raise ValueError(f"{meta} row {n + 1} has no 'file_name' column")
-                col = caption_column or next((c for c in ("text", "caption") if c in row), None)
-                if col is None or col not in row:
-                    raise ValueError(f"{meta} row {n + 1} has no caption column "
-                                     f"({caption_column or 'text or caption'}); columns are {sorted(row)}")
-                out[(meta.parent / row["file_name"]).resolve()] = row[col]
-        return out
+            for key, row in _metadata_rows(meta, self.root):
+                name = row.get("file_name") if isinstance(row, dict) else None
+                if not isinstance(name, str) or not name:
+                    self.bad_rows.append(("bad_row", key))
+                    continue
+                path = os.path.abspath(meta.parent / name)
+                if os.path.commonpath([root, path]) != root:
+                    self.bad_rows.append(("escaping_path", f"{key} ({name})"))
+                elif path not in listed:
+                    self.bad_rows.append(("missing_file", f"{key} ({name})"))
+                else:
+                    col = caption_column or next((c for c in ("text", "caption") if c in row), None)
+                    caption = row.get(col) if col is not None else None
+                    self.repeated_rows += path in self.captions_by_path
+                    # A non-string caption (null, a number, a list) counts as missing.
+                    self.captions_by_path[path] = caption if isinstance(caption, str) else None
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.files) + len(self.bad_rows)
 
     def fingerprint(self) -> str:
         """Changes when any file is added, removed, resized or touched, or a caption changes."""
@@ -178,11 +196,31 @@ class ImageFolderSource:
         return h.hexdigest()
 
     def record(self, i: int) -> Record:
+        if i >= len(self.files):
+            reason, key = self.bad_rows[i - len(self.files)]
+            return Record(None, key=key, problem=reason)
         p = self.files[i]
         rel = p.relative_to(self.root)
         label = self._class_index[rel.parts[0]] if self.has_labels else None
-        caption = self.captions_by_path.get(p.resolve()) if self.has_captions else None
+        caption = self.captions_by_path.get(os.path.abspath(p)) if self.has_captions else None
         return Record(str(p), label, caption, key=rel.as_posix())
+
+
+def _metadata_rows(meta: Path, root: Path):
+    """(key, row) for every row of a metadata file; a row is a dict, or None when a jsonl line is
+    not valid JSON. The key names the file and line for messages."""
+    rel = meta.relative_to(root).as_posix()
+    if meta.suffix == ".jsonl":
+        for n, line in enumerate(meta.read_text(errors="replace").splitlines(), start=1):
+            if line.strip():
+                try:
+                    yield f"{rel} line {n}", json.loads(line)
+                except json.JSONDecodeError:
+                    yield f"{rel} line {n}", None
+    else:
+        with open(meta, newline="", errors="replace") as fh:
+            for n, row in enumerate(csv.DictReader(fh), start=1):
+                yield f"{rel} row {n}", row
 
 
 class DatasetsSource:
@@ -250,6 +288,7 @@ class ScanReport:
     kept: list[int]
     counts: dict[str, int]
     examples: dict[str, list[str]]  # reason -> up to 3 record keys
+    truncated: list[int] = dataclasses.field(default_factory=list)  # kept records whose caption `cut` shortens
 
     @property
     def skipped(self) -> int:
@@ -264,7 +303,8 @@ class ScanReport:
 
     def summary(self) -> str:
         parts = ", ".join(f"{r} {n}" for r, n in sorted(self.counts.items()) if n)
-        return f"kept {len(self.kept)} of {self.total} records" + (f"; skipped {parts}" if parts else "")
+        cut = f"; {len(self.truncated)} over-long captions truncated" if self.truncated else ""
+        return f"kept {len(self.kept)} of {self.total} records" + (f"; skipped {parts}" if parts else "") + cut
 
     def check(self, max_bad_fraction: float) -> None:
         if self.total and self.bad_fraction > max_bad_fraction:
@@ -287,10 +327,12 @@ def _content_hash(rec: Record) -> str | None:
     return None  # generated images are not deduplicated
 
 
-def _check_record(source: Any, i: int, min_size: int, require_captions: bool, dedupe: bool
-                  ) -> tuple[str | None, str | None, str]:
-    """(skip reason or None, content hash or None, key) for record i."""
+def _check_record(source: Any, i: int, min_size: int, require_captions: bool, dedupe: bool,
+                  cut: Callable[[str], str | None] | None) -> tuple[str | None, str | None, str, bool]:
+    """(skip reason or None, content hash or None, key, whether `cut` shortens the caption) for record i."""
     rec = source.record(i)
+    if rec.problem is not None:
+        return rec.problem, None, rec.key, False
     try:
         if require_captions:
             if rec.caption is None:
@@ -298,51 +340,56 @@ def _check_record(source: Any, i: int, min_size: int, require_captions: bool, de
             if not str(rec.caption).strip():
                 raise BadImageError("empty_caption", f"{rec.key} has an empty caption")
         load_rgb(rec.image, min_size=min_size, name=rec.key)
-        return None, (_content_hash(rec) if dedupe else None), rec.key
+        cuts = cut is not None and rec.caption is not None and cut(str(rec.caption)) is not None
+        return None, (_content_hash(rec) if dedupe else None), rec.key, cuts
     except BadImageError as e:
-        return e.reason, None, rec.key
+        return e.reason, None, rec.key, False
 
 
-def _check_chunk(args: tuple) -> list[tuple[str | None, str | None, str]]:
-    source, indices, min_size, require_captions, dedupe = args
-    return [_check_record(source, i, min_size, require_captions, dedupe) for i in indices]
+def _check_chunk(args: tuple) -> list[tuple[str | None, str | None, str, bool]]:
+    source, indices, *settings = args
+    return [_check_record(source, i, *settings) for i in indices]
 
 
 def scan_source(source: Any, *, min_size: int = 1, require_captions: bool = False, dedupe: bool = True,
-                indices: Sequence[int] | None = None, workers: int = 0,
-                log: Callable[[str], None] | None = None) -> ScanReport:
+                indices: Sequence[int] | None = None, workers: int = 0, log: Callable[[str], None] | None = None,
+                cut: Callable[[str], str | None] | None = None) -> ScanReport:
     """Decode every record once; keep the usable ones, count the rest per reason. Order is preserved:
     of identical files the first (in source order) is kept. `workers` > 1 decodes in that many
-    processes (the source must be picklable); the result is the same."""
+    processes (the source must be picklable); the result is the same. `cut` (picklable too) maps
+    a caption to a shortened one, or None when it fits; the kept records it shortens are listed in
+    `ScanReport.truncated` (they are used, not skipped)."""
     indices = list(range(len(source)) if indices is None else indices)
     if workers > 1 and len(indices) > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
         size = max(1, min(256, len(indices) // (4 * workers)))
-        chunks = [(source, indices[k:k + size], min_size, require_captions, dedupe)
+        chunks = [(source, indices[k:k + size], min_size, require_captions, dedupe, cut)
                   for k in range(0, len(indices), size)]
         # spawn, not fork: the parent may hold threads (torch, a process group) that fork would copy broken
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             checked = [r for chunk in pool.map(_check_chunk, chunks) for r in chunk]
     else:
-        checked = _check_chunk((source, indices, min_size, require_captions, dedupe))
+        checked = _check_chunk((source, indices, min_size, require_captions, dedupe, cut))
     counts: dict[str, int] = {}
     examples: dict[str, list[str]] = {}
-    kept, seen = [], set()
-    for i, (reason, digest, key) in zip(indices, checked):
+    kept, seen, truncated = [], set(), []
+    for i, (reason, digest, key, cuts) in zip(indices, checked):
         if reason is None and digest is not None:
             if digest in seen:
                 reason = "duplicate"
             seen.add(digest)
         if reason is None:
             kept.append(i)
+            if cuts:
+                truncated.append(i)
             continue
         counts[reason] = counts.get(reason, 0) + 1
         ex = examples.setdefault(reason, [])
         if len(ex) < 3:
             ex.append(key)
-    report = ScanReport(total=len(indices), kept=kept, counts=counts, examples=examples)
+    report = ScanReport(total=len(indices), kept=kept, counts=counts, examples=examples, truncated=truncated)
     if log is not None:
         log(f"image prescan of {getattr(source, 'root', getattr(source, 'path', type(source).__name__))}: "
             f"{report.summary()}")

@@ -75,7 +75,7 @@ class UnifiedGenerator:
     def describe(self) -> dict[str, Any]:
         cfg = self.model.config
         return {"model_path": self.model_path, "judge": self.judge,
-                "num_steps": self.num_steps or cfg.num_steps,
+                "num_steps": cfg.num_steps if self.num_steps is None else self.num_steps,
                 "cfg_scale": cfg.cfg_scale if self.cfg_scale is None else self.cfg_scale,
                 "shift": cfg.shift}
 

@@ -54,6 +54,10 @@ class RunOptions(Config):
             raise ConfigError(f"need 1 <= images per prompt ({self.keep}) <= n ({self.n})")
         if self.batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.num_steps is not None and self.num_steps < 1:
+            raise ConfigError(f"num_steps must be >= 1, got {self.num_steps}")
+        if self.cfg_scale is not None and not self.cfg_scale > 0:
+            raise ConfigError(f"cfg_scale must be > 0, got {self.cfg_scale}")
 
     @property
     def selection_judge(self) -> str | None:

@@ -33,6 +33,11 @@ class FinetuneDataConfig(DataConfig):
     caption_batch_size: int = 16
     val_fraction: float = 0.05
     val_max: int = 256
+    # Captions are cut to this many tokens (and counted in data_report.json). 0: as many as the
+    # model's positions leave beside the longest task conversation with an empty caption (the judge
+    # question: template, 64 + 2 image tokens and answer, 102 tokens for models/shapes), less 4
+    # spare: 512 - 102 - 4 = 406 for models/shapes. A larger value than the model allows is an error.
+    max_caption_tokens: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -41,6 +46,9 @@ class FinetuneDataConfig(DataConfig):
                               "images without one)")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.max_caption_tokens < 0:
+            raise ConfigError(f"data.max_caption_tokens must be >= 0 (0: what the model allows), "
+                              f"got {self.max_caption_tokens}")
         for name in ("val_max", "caption_max_tokens", "caption_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"data.{name} must be >= 1, got {getattr(self, name)}")

@@ -1,10 +1,13 @@
-"""The finetune data: resolve the source, self-caption if asked, prescan, split, report.
+"""The finetune data: resolve the source, self-caption if asked, prescan, cut captions, split, report.
 
 `build_finetune_data` runs on every rank; rank 0 scans (and captions) and broadcasts the result.
-Unusable records are skipped and counted per reason by `unimodal.data.sources.scan_source`
-(missing, undecodable, truncated, too_small, empty_caption, missing_caption, duplicate); the
+Unusable records are skipped and counted per reason by `unimodal.data.sources.scan_source`:
+the image's (`unimodal.data.images.REASONS`: missing, undecodable, truncated, too_small, ...),
+the caption's (empty_caption, missing_caption: no caption column in its row, or no row) and the
+metadata row's (missing_file, escaping_path, bad_row: `unimodal.data.sources.ImageFolderSource`). The
 counts go to the log and to ``run_dir/data_report.json``, and `ScanReport.check` stops the run
-before training when more than `data.max_bad_fraction` of the records is unusable.
+before training when more than `data.max_bad_fraction` of the records is unusable. Captions longer
+than `caption_cutter`'s limit are cut to it and counted (`truncated_captions`); they are used.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from unimodal.data.dataset import ImageDataset
 from unimodal.data.sources import ScanReport, scan_source
 from unimodal.finetune.captioning import CAPTIONS_FILE, self_caption
 from unimodal.finetune.config import FinetuneConfig
-from unimodal.finetune.sources import CaptionOverlay, needs_caption, resolve_source
+from unimodal.finetune.sources import CaptionCutter, CaptionOverlay, needs_caption, resolve_source
 from unimodal.train.distributed import DistInfo, barrier, broadcast_object
 
 REPORT_FILE = "data_report.json"
@@ -35,12 +38,12 @@ class FinetuneData:
 def _report_dict(report: ScanReport) -> dict[str, Any]:
     return {"total": report.total, "kept": len(report.kept), "skipped": report.skipped,
             "bad_fraction": round(report.bad_fraction, 6), "counts": dict(sorted(report.counts.items())),
-            "examples": report.examples}
+            "examples": report.examples, "truncated_captions": len(report.truncated)}
 
 
 def _source_info(source: Any, kind: str, spec: str) -> dict[str, Any]:
     info: dict[str, Any] = {"kind": kind, "path": spec, "records": len(source)}
-    for name in ("other_files", "unreadable_shards"):
+    for name in ("other_files", "repeated_rows", "unreadable_shards"):
         if getattr(source, name, None):
             info[name] = getattr(source, name)
     if getattr(source, "shards", None):
@@ -48,14 +51,35 @@ def _source_info(source: Any, kind: str, spec: str) -> dict[str, Any]:
     return info
 
 
-def _scan(source: Any, n: int, cfg, log, require_captions: bool) -> ScanReport:
+def caption_cutter(cfg: FinetuneConfig) -> CaptionCutter:
+    """Cuts captions to `data.max_caption_tokens`, or (0) to what the start model's positions leave
+    beside the longest of its task conversations with an empty caption."""
+    from unimodal.text.tokenizer import load_tokenizer
+    from unimodal.unified.chat import ChatFormat
+    from unimodal.unified.config import UnifiedConfig
+
+    model = UnifiedConfig.load_json(Path(cfg.init_from) / "config.json")
+    tokenizer, _ = load_tokenizer(cfg.init_from)
+    chat = ChatFormat(tokenizer, model.num_latent_tokens, model.system_prompt, model.generate_template)
+    positions = int(model.llm.get("max_position_embeddings", 32768))   # Qwen2Config's default
+    room = chat.text_room(positions)
+    if room < 1:
+        raise ConfigError(f"{cfg.init_from}: {positions} positions leave no room for a caption beside the "
+                          "model's task conversations")
+    if cfg.data.max_caption_tokens > room:
+        raise ConfigError(f"data.max_caption_tokens={cfg.data.max_caption_tokens} is more than the model's "
+                          f"{positions} positions allow ({room}); lower it or set 0")
+    return CaptionCutter(tokenizer, cfg.data.max_caption_tokens or room)
+
+
+def _scan(source: Any, n: int, cfg, log, require_captions: bool, cut: CaptionCutter | None = None) -> ScanReport:
     return scan_source(source, indices=range(n), min_size=cfg.min_size, require_captions=require_captions,
-                       dedupe=cfg.dedupe, workers=cfg.scan_workers, log=log)
+                       dedupe=cfg.dedupe, workers=cfg.scan_workers, log=log, cut=cut)
 
 
 def _prepare(cfg: FinetuneConfig, spec: str, run_dir: Path, dist: DistInfo, log: Callable[[str], None],
-             role: str) -> tuple[Any, ScanReport, dict[str, Any]]:
-    """Rank 0: (source with captions filled in, scan report, report dict) for one split's source."""
+             role: str, cut: CaptionCutter) -> tuple[Any, ScanReport, dict[str, Any]]:
+    """Rank 0: (source with captions filled in and cut, scan report, report dict) for one split's source."""
     d = cfg.data
     source, kind = resolve_source(spec, d.source, captions_optional=d.self_caption,
                                   split=d.train_split if role == "train" else d.eval_split,
@@ -74,8 +98,13 @@ def _prepare(cfg: FinetuneConfig, spec: str, run_dir: Path, dist: DistInfo, log:
                                     batch_size=d.caption_batch_size, device=dist.device, log=log)
             source = CaptionOverlay(source, captions)
             info["self_captioned"] = {"images": len(todo), "file": str(folder / CAPTIONS_FILE)}
-    report = _scan(source, n, d, log, require_captions=True)
+    report = _scan(source, n, d, log, require_captions=True, cut=cut)
     info["scan"] = _report_dict(report)
+    if report.truncated:
+        records = [source.record(i) for i in report.truncated]
+        info["scan"]["truncated_examples"] = [r.key for r in records[:3]]
+        source = CaptionOverlay(source, {i: cut(r.caption) for i, r in zip(report.truncated, records)},
+                                fill_only=False)
     return source, report, info
 
 
@@ -113,13 +142,14 @@ def build_finetune_data(cfg: FinetuneConfig, dist: DistInfo | None = None,
 
 def _prepare_all(cfg: FinetuneConfig, run_dir: Path, dist: DistInfo, log: Callable[[str], None]):
     d = cfg.data
-    report: dict[str, Any] = {"max_bad_fraction": d.max_bad_fraction}
-    source, scan, report["train"] = _prepare(cfg, d.path, run_dir, dist, log, "train")
+    cut = caption_cutter(cfg)
+    report: dict[str, Any] = {"max_bad_fraction": d.max_bad_fraction, "max_caption_tokens": cut.max_tokens}
+    source, scan, report["train"] = _prepare(cfg, d.path, run_dir, dist, log, "train", cut)
     try:
         scan.check(d.max_bad_fraction)
         kept, sources = scan.kept, {"train": source, "val": source}
         if d.eval_path:
-            sources["val"], vscan, report["val"] = _prepare(cfg, d.eval_path, run_dir, dist, log, "val")
+            sources["val"], vscan, report["val"] = _prepare(cfg, d.eval_path, run_dir, dist, log, "val", cut)
             vscan.check(d.max_bad_fraction)
             splits = {"train": kept, "val": vscan.kept}
         else:

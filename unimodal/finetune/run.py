@@ -5,7 +5,7 @@ The training loop is the unified stage's; `FinetuneHooks` plugs into it:
 - `build_dataset`  resolves `--data`, self-captions, prescans and splits (`unimodal.finetune.data`);
 - `after_step`     feeds the divergence monitor and computes the validation loss every `val.every`
                    steps (logged as val_loss / val_ce / val_fm in metrics.jsonl);
-- `state_dict`     the monitor's history, stored in every checkpoint.
+- `state_dict`     the monitor's history and the run's wall time so far, stored in every checkpoint.
 `finetune` reruns the stage after each rollback (`unimodal.finetune.divergence`), then writes the
 LoRA adapters and ``run_dir/finetune_report.json``. The stage itself exports the full model (LoRA
 merged, EMA weights when kept) to ``run_dir/export``. Rerunning the same command resumes from the
@@ -38,12 +38,31 @@ from unimodal.train.pretrain import StageHooks, StepInfo, run_stage
 FINAL_REPORT = "finetune_report.json"
 
 
+class WallClock:
+    """Wall seconds of the whole run over kills and reruns: this process's time plus what the
+    checkpoint it first resumed from had counted (the time a killed attempt spent after its last
+    checkpoint is lost with that checkpoint). Later loads in the same process (rollbacks to older
+    checkpoints) change nothing: the time spent on the rolled-back steps was spent."""
+
+    def __init__(self) -> None:
+        self.started = time.time()
+        self.before: float | None = None
+
+    def resume(self, seconds: float) -> None:
+        if self.before is None:
+            self.before = seconds
+
+    def seconds(self) -> float:
+        return (self.before or 0.0) + time.time() - self.started
+
+
 class FinetuneHooks(StageHooks):
-    def __init__(self, cfg: FinetuneConfig, start_step: int = 0):
+    def __init__(self, cfg: FinetuneConfig, start_step: int = 0, clock: WallClock | None = None):
         self.cfg = cfg
         self.monitor = DivergenceMonitor(cfg.divergence)
         self.val = None
         self.last_step = start_step
+        self.clock = clock or WallClock()
 
     def configure(self, model) -> None:
         freeze_parts(model, self.cfg.freeze)
@@ -75,9 +94,10 @@ class FinetuneHooks(StageHooks):
             info.logger.metrics(step, **{f"val_{k}": v for k, v in val.items()})
 
     def state_dict(self) -> dict[str, Any]:
-        return {"monitor": self.monitor.state_dict()}
+        return {"monitor": self.monitor.state_dict(), "wall_seconds": self.clock.seconds()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.clock.resume(state.get("wall_seconds", 0.0))   # {} on a fresh start: nothing before it
         if state:
             self.monitor.load_state_dict(state["monitor"])
 
@@ -126,17 +146,15 @@ def finetune(cfg: FinetuneConfig, deepspeed_config: str | None = None) -> Finetu
     dist = init_distributed(cfg.device)
     logger = RunLogger(run_dir, dist, name="unimodal.finetune", tensorboard=False)
     history = read_rollbacks(run_dir)
-    t0 = time.time()
+    clock = WallClock()
     status, error, export, adapters = "failed", None, None, None
     try:
         if len(history) > cfg.divergence.max_rollbacks:
             raise DivergenceError(stop_message(history, cfg.divergence, run_dir))
         while True:
             found = list_checkpoints(run_dir)
-            if not found:
-                logger.rewind(0)   # rows a run killed before its first checkpoint wrote are void
             hooks = FinetuneHooks(with_lr_scale(cfg, lr_scale(cfg.divergence, history)),
-                                  start_step=found[-1][0] if found else 0)
+                                  start_step=found[-1][0] if found else 0, clock=clock)
             try:
                 export = run_stage(hooks.cfg, deepspeed_config, stage="finetune", hooks=hooks)
                 break
@@ -170,7 +188,7 @@ def finetune(cfg: FinetuneConfig, deepspeed_config: str | None = None) -> Finetu
         if dist.is_main and run_dir.is_dir():
             report = _write_report(run_dir, status=status, error=error, total_steps=cfg.train.total_steps,
                                    llm_mode=cfg.llm_mode, rollbacks=history, export=export, adapters=adapters,
-                                   wall_seconds=round(time.time() - t0, 1))
+                                   wall_seconds=round(clock.seconds(), 1))
             logger.info(f"finetune {status}; report: {report}")
         logger.close()
     return FinetuneResult(Path(export), adapters, run_dir / FINAL_REPORT, history)

@@ -159,10 +159,11 @@ class TarShardSource:
 
 
 class CaptionOverlay:
-    """A source whose missing or empty captions are replaced from `captions` (record index -> text)."""
+    """A source whose captions are replaced from `captions` (record index -> text): only missing
+    or empty ones with `fill_only` (self-captioning), any one otherwise (over-long ones cut)."""
 
-    def __init__(self, source: Any, captions: dict[int, str]):
-        self.source, self.captions = source, dict(captions)
+    def __init__(self, source: Any, captions: dict[int, str], fill_only: bool = True):
+        self.source, self.captions, self.fill_only = source, dict(captions), fill_only
         self.has_labels, self.has_captions = bool(getattr(source, "has_labels", False)), True
         self.path = getattr(source, "path", getattr(source, "root", type(source).__name__))
 
@@ -171,9 +172,25 @@ class CaptionOverlay:
 
     def record(self, i: int) -> Record:
         rec = self.source.record(i)
-        if i in self.captions and (rec.caption is None or not str(rec.caption).strip()):
+        if i in self.captions and (not self.fill_only or needs_caption(rec)):
             rec.caption = self.captions[i]
         return rec
+
+
+class CaptionCutter:
+    """Cuts a caption to its first `max_tokens` tokens, at the end of the last whole token in the
+    original text (no decode round trip). Picklable, for prescan worker processes."""
+
+    def __init__(self, tokenizer: Any, max_tokens: int):
+        self.tokenizer, self.max_tokens = tokenizer, max_tokens
+
+    def __call__(self, caption: str) -> str | None:
+        """The cut caption, or None when it fits."""
+        # verbose=False: no "longer than the maximum sequence length" warning; long input is expected here.
+        enc = self.tokenizer(caption, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+        if len(enc["input_ids"]) <= self.max_tokens:
+            return None
+        return caption[:enc["offset_mapping"][self.max_tokens - 1][1]]
 
 
 def _has_metadata(root: Path) -> bool:

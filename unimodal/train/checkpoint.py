@@ -10,10 +10,14 @@ Layout of ``run_dir/checkpoints/step_00001234/``::
 
 Writing is atomic: all ranks write into ``.tmp_step_00001234`` and after a barrier rank 0 adds the
 marker and renames it into place, so a crash at any moment leaves the previous checkpoint as the
-latest. All ranks must see the same file system (one machine, or a shared mount).
+latest. All ranks must see the same file system (one machine, or a shared mount). Before writing,
+the free space is checked against the size of the previous checkpoint; a write that fails removes
+its temporary folder, and a full disk is reported as one line (`NoSpaceError`).
 """
 from __future__ import annotations
 
+import errno
+import math
 import random
 import re
 import shutil
@@ -25,11 +29,24 @@ import numpy as np
 import torch
 import torch.distributed as tdist
 
-from unimodal.train.distributed import barrier
+from unimodal.config import InputError
+from unimodal.train.distributed import barrier, broadcast_object
 from unimodal.utils.weights import replace_directory
 
 MARKER = "COMPLETE"
 _STEP_DIR = re.compile(r"^step_(\d{8,})$")
+_MB = 2**20
+
+
+class NoSpaceError(InputError):
+    """The disk cannot hold the next checkpoint: one line naming the folder and the sizes, printed
+    by the CLI as a failed run (exit 1); the remedy is the user's (free space, a larger disk)."""
+
+
+def _no_space(folder: Path, need: int, free: int) -> NoSpaceError:
+    # Rounded so that a small checkpoint never reads "need ~0 MB, have 0 MB".
+    return NoSpaceError(f"no space left on {folder}: need ~{math.ceil(need / _MB)} MB, have {free // _MB} MB; "
+                        "free some space or point train.run_dir at a larger disk")
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
@@ -84,36 +101,74 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[-1][1] if found else None
 
 
+def _tree_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _free_bytes(folder: Path) -> int:
+    return shutil.disk_usage(folder).free
+
+
+def _is_disk_full(error: BaseException, remaining: int, free: int) -> bool:
+    """ENOSPC / EDQUOT, or any other write error (torch's "[enforce fail at inline_container.cc]
+    unexpected pos", a SafetensorError) raised while the rest of the checkpoint no longer fits."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    # The first checkpoint has no size estimate: next to nothing free then means the disk filled up.
+    return isinstance(error, Exception) and free < max(remaining, _MB)
+
+
 def save_checkpoint(run_dir: str | Path, step: int, engines: Mapping[str, Any], extra_state: Mapping[str, Any],
                     keep: int | None = None) -> Path:
     """Write a checkpoint for optimiser step `step`; every rank must call it. Returns its final path.
 
     `engines` maps a name to a TrainEngine; `extra_state` must hold only tensors and plain Python
     values (it is loaded with weights_only=True). Older complete checkpoints beyond the newest
-    `keep` are deleted afterwards (None keeps all).
+    `keep` are deleted afterwards (None keeps all). Raises NoSpaceError before writing when the
+    free space is below the previous checkpoint's size, or when the disk fills during the write;
+    a failed write leaves no temporary folder and the previous checkpoints untouched.
     """
     rank, world = _rank_world()
     root = checkpoint_dir(run_dir)
     final = root / f"step_{step:08d}"
     tmp = root / f".tmp_step_{step:08d}"
+    previous = latest_checkpoint(run_dir)
+    need = _tree_bytes(previous) if previous is not None else 0   # the best estimate of this one's size
+    short = None
     if rank == 0:
         if tmp.exists():  # left by a crash during an earlier attempt at this step
             shutil.rmtree(tmp)
-        (tmp / "engines").mkdir(parents=True)
-        (tmp / "rng").mkdir()
-    barrier()
-    for name, engine in engines.items():
-        engine.save_to(tmp / "engines", name, is_main=rank == 0)
-    torch.save(capture_rng_state(), tmp / "rng" / f"rank_{rank:05d}.pt")
-    if rank == 0:
-        torch.save({"extra_state": dict(extra_state), "step": step, "world_size": world,
-                    "engines": sorted(engines)}, tmp / "extra_state.pt")
-    barrier()
-    if rank == 0:
-        (tmp / MARKER).write_text(f"step {step}\n")
-        replace_directory(tmp, final)
-        if keep is not None:
-            prune_checkpoints(run_dir, keep)
+        root.mkdir(parents=True, exist_ok=True)
+        free = _free_bytes(root)
+        short = (need, free) if free < need else None
+    # Decided once, on rank 0, so that every rank stops (none waits at a barrier for the others).
+    short = broadcast_object(short)
+    if short is not None:
+        raise _no_space(root, *short)
+    try:
+        if rank == 0:
+            (tmp / "engines").mkdir(parents=True)
+            (tmp / "rng").mkdir()
+        barrier()
+        for name, engine in engines.items():
+            engine.save_to(tmp / "engines", name, is_main=rank == 0)
+        torch.save(capture_rng_state(), tmp / "rng" / f"rank_{rank:05d}.pt")
+        if rank == 0:
+            torch.save({"extra_state": dict(extra_state), "step": step, "world_size": world,
+                        "engines": sorted(engines)}, tmp / "extra_state.pt")
+        barrier()
+        if rank == 0:
+            (tmp / MARKER).write_text(f"step {step}\n")
+            replace_directory(tmp, final)
+    except BaseException as e:
+        written = _tree_bytes(tmp) if tmp.is_dir() else 0
+        free = _free_bytes(root)    # measured before the partial folder is removed and frees its space
+        shutil.rmtree(tmp, ignore_errors=True)
+        if _is_disk_full(e, need - written, free):
+            raise _no_space(root, max(need, written), free) from e
+        raise
+    if rank == 0 and keep is not None:
+        prune_checkpoints(run_dir, keep)
     barrier()
     return final
 
@@ -132,18 +187,14 @@ def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
         shutil.rmtree(stale)
 
 
-def resume_latest(run_dir: str | Path, engines: Mapping[str, Any]) -> dict[str, Any] | None:
-    """Load the newest complete checkpoint of `run_dir` if there is one (rerunning a command resumes)."""
-    path = latest_checkpoint(run_dir)
-    return None if path is None else load_checkpoint(path, engines)
-
-
 def resume_run(run_dir: str | Path, engines: Mapping[str, Any], ema: Any, logger: Any) -> tuple[int, int, dict[str, Any]]:
     """What every stage does on start: restore the newest complete checkpoint (engines, EMA, RNG),
     drop metrics rows logged after it, and return (step, data position, extra state);
-    (0, 0, {}) for a fresh run."""
+    (0, 0, {}) for a fresh run, whose metrics rows from runs killed before their first checkpoint
+    are dropped too."""
     path = latest_checkpoint(run_dir)
     if path is None:
+        logger.rewind(0)
         return 0, 0, {}
     extra = load_checkpoint(path, engines)
     if ema is not None:

@@ -119,14 +119,17 @@ class RunLogger:
         return row
 
     def rewind(self, step: int) -> None:
-        """On resume from checkpoint `step`, drop metrics rows a killed run wrote after it (rank 0)."""
+        """On resume from checkpoint `step` (0: a fresh start), drop the metrics rows a killed run
+        wrote after it, and a last row the kill cut short (rank 0). The file is replaced atomically,
+        so every step appears once whatever the sequence of kills."""
         path = self.run_dir / "metrics.jsonl"
         if not self.is_main or not path.is_file():
             return
-        lines = path.read_text().splitlines()
-        keep = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
-        if len(keep) != len(lines):
-            atomic_write_text(path, "".join(line + "\n" for line in keep))
+        text = path.read_text()
+        keep = [line for line in text.splitlines() if (s := _step_of(line)) is not None and s <= step]
+        new = "".join(line + "\n" for line in keep)
+        if new != text:
+            atomic_write_text(path, new)
 
     def progress(self, total: int, initial: int = 0, desc: str = "train"):
         """A tqdm bar on rank 0 when stdout is a terminal; a disabled bar elsewhere."""
@@ -141,6 +144,15 @@ class RunLogger:
         for h in list(self.log.handlers):
             h.close()
             self.log.removeHandler(h)
+
+
+def _step_of(line: str) -> int | None:
+    """The step of a metrics row; None for a blank or torn line (a process killed mid-write)."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return int(row.get("step", 0)) if isinstance(row, dict) else None
 
 
 def save_resolved_config(run_dir: str | os.PathLike, config: Config, logger: RunLogger | None = None,

@@ -27,6 +27,8 @@ IGNORE = -100
 GENERATE_TEMPLATE = "Generate an image: {prompt}"
 CAPTION_QUESTION = "Describe this image."
 JUDGE_TEMPLATE = "Does this image align with the prompt: {prompt}?"
+# A prompt or caption is tokenised inside its template, not alone: tokens can merge across its two edges.
+EDGE_TOKENS = 4
 YES, NO = "yes", "no"
 
 
@@ -108,7 +110,9 @@ class ChatFormat:
         if s not in self._cache:
             if len(self._cache) > 4096:
                 self._cache.clear()
-            self._cache[s] = list(self.tokenizer.encode(s, add_special_tokens=False))
+            # verbose=False: no warning against the tokenizer's model_max_length; lengths are
+            # checked against the LLM's positions (generate.max_prompt_tokens, the chat engine).
+            self._cache[s] = list(self.tokenizer.encode(s, add_special_tokens=False, verbose=False))
         return self._cache[s]
 
     def _answer_token(self, word: str) -> int:
@@ -178,6 +182,13 @@ class ChatFormat:
         if answer is not None:
             msgs.append(Message("assistant", [YES if answer else NO]))
         return msgs
+
+    def text_room(self, positions: int) -> int:
+        """The most tokens of prompt or caption that every task conversation (text-to-image with its
+        queries, caption, judge with either answer) fits into `positions`."""
+        tasks = [self.generate_chat("", target=0), self.caption_chat(0, ""), self.judge_chat(0, "", answer=True),
+                 self.judge_chat(0, "", answer=False)]
+        return positions - max(len(self.encode(t).input_ids) for t in tasks) - EDGE_TOKENS
 
 
 def collate(chats: Sequence[EncodedChat], pad_id: int, padding_side: Literal["left", "right"] = "right") -> ChatBatch:

@@ -93,7 +93,8 @@ def sample_latents(model, cond: torch.Tensor, seeds: Sequence[int], *, num_steps
     """DiT ODE from seeded noise to latents [B, N, C] under token conditioning [B, N, Dc], with
     classifier-free guidance against the DiT's learned null condition (`cfg_scale` 1 = off)."""
     cfg = model.config
-    sampler = SamplerConfig(method=method, num_steps=num_steps or cfg.num_steps,
+    # `is None`, not `or`: 0 steps must be refused by SamplerConfig, not quietly become the default.
+    sampler = SamplerConfig(method=method, num_steps=cfg.num_steps if num_steps is None else num_steps,
                             shift=shift if shift is not None else cfg.shift,
                             guidance_scale=cfg.cfg_scale if cfg_scale is None else cfg_scale)
     if cond.shape[0] != len(seeds):

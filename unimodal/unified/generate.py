@@ -15,6 +15,7 @@ from typing import Literal, Sequence
 
 import torch
 
+from unimodal.config import InputError
 from unimodal.unified.chat import CAPTION_QUESTION, IGNORE, ImageIn, Message, collate
 from unimodal.unified.decoding import decode_text, sample_latents, sample_seed
 
@@ -54,6 +55,26 @@ class CaptionOutput:
 class VerifyOutput:
     yes_prob: torch.Tensor      # [B]
     likelihood: torch.Tensor    # [B] mean token log-prob of the prompt
+
+
+# ---------------------------------------------------------------------- prompt length
+def max_prompt_tokens(model) -> int:
+    """The longest prompt, in tokens, that the generate, judge and likelihood conversations all fit
+    into the LLM's positions (the same room `unimodal finetune` leaves a caption)."""
+    return model.chat.text_room(model.llm.config.max_position_embeddings)
+
+
+def check_prompts(model, prompts: Sequence[str]) -> None:
+    """Raise InputError for a prompt that is empty or longer than `max_prompt_tokens`."""
+    limit = max_prompt_tokens(model)
+    for p in prompts:
+        if not p.strip():
+            raise InputError("the prompt is empty; say what to draw")
+        n = len(model.chat.text(p))
+        if n > limit:
+            shown = p if len(p) <= 40 else p[:40] + "..."
+            raise InputError(f"the prompt {shown!r} is {n} tokens; this model takes at most {limit} "
+                             f"(its LLM has {model.llm.config.max_position_embeddings} positions); shorten it")
 
 
 # ---------------------------------------------------------------------- conditioning
@@ -103,6 +124,7 @@ def prompt_likelihood(model, latents: torch.Tensor, prompts: Sequence[str],
 
 
 def verify(model, latents: torch.Tensor, prompts: Sequence[str], batch_size: int = 16) -> VerifyOutput:
+    check_prompts(model, prompts)
     ys, ls = [], []
     for i in range(0, len(prompts), batch_size):
         ys.append(judge_yes_prob(model, latents[i:i + batch_size], prompts[i:i + batch_size]))
@@ -125,6 +147,7 @@ def generate_images(model, prompts: Sequence[str] | str, *, n: int = 1, keep: in
         raise ValueError("keeping fewer than n candidates needs a judge ('yes_prob' or 'likelihood')")
     if judge not in (None, "yes_prob", "likelihood"):
         raise ValueError(f"judge must be 'yes_prob', 'likelihood' or None, got {judge!r}")
+    check_prompts(model, prompts)
     model.eval()
     conds, p_start = [], []
     for i in range(0, len(prompts), batch_size):

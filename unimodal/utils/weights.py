@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Iterator, Mapping, TypeVar
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from unimodal.config import Config
+from unimodal.config import Config, InputError
 
 C = TypeVar("C", bound=Config)
 
@@ -19,8 +20,8 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
-class WeightLoadError(RuntimeError):
-    """Weights that do not match the module exactly; the message names the keys."""
+class WeightLoadError(InputError):
+    """Weights that do not match the module exactly; the message names the keys (one line, exit 1)."""
 
 
 def _preview(keys: list[str], limit: int = 8) -> str:
@@ -104,4 +105,13 @@ def load_pretrained_dir(directory: str | os.PathLike, config_cls: type[C]) -> tu
         if not (directory / name).is_file():
             raise FileNotFoundError(f"{directory} has no {name}")
     config = config_cls.load_json(directory / CONFIG_NAME)
-    return config, load_file(str(directory / WEIGHTS_NAME))
+    return config, read_safetensors(directory / WEIGHTS_NAME)
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """`safetensors.torch.load_file`; a damaged file (cut short by a failed copy, not safetensors
+    at all) raises InputError naming it instead of the library's bare header message."""
+    try:
+        return load_file(str(path))
+    except SafetensorError as e:
+        raise InputError(f"{path} is not a complete safetensors file ({e}); copy or export it again") from None

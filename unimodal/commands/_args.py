@@ -1,0 +1,55 @@
+"""argparse `type=` checks shared by the commands, and the bounds they enforce.
+
+A value out of range is argparse's own usage error (one line after the usage, exit 2) before
+anything is loaded. Plain Python only: the parsers are built for `unimodal --help` too.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+
+from unimodal.limits import MAX_CANDIDATES, MAX_STEPS
+
+
+def int_in(lo: int, hi: int | None = None):
+    """An int flag in [lo, hi] (no upper bound when hi is None)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < lo or (hi is not None and value > hi):
+            bounds = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
+        return value
+
+    return parse
+
+
+def positive_float(text: str) -> float:
+    """A finite float > 0 (guidance scales: 1 is off, 0 would drop the condition altogether)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
+def text_arg(text: str) -> str:
+    """Non-empty UTF-8 text (a prompt or question). Bytes that are not UTF-8 reach Python's argv as
+    lone surrogates, which the tokenizer refuses with a TypeError deep inside."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid UTF-8 (at character {e.start}); pass UTF-8 text") from None
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty or only spaces")
+    return text
+
+
+# Help texts that state the bounds, shared so every command words them alike.
+N_HELP = f"candidates per prompt, 1..{MAX_CANDIDATES}"
+STEPS_HELP = f"DiT sampling steps, 1..{MAX_STEPS} (default: the model's)"
+CFG_HELP = "classifier-free guidance scale > 0 (1 = off; default: the model's)"
