@@ -66,9 +66,9 @@ def bench_sample(model: DiT, batch: int, steps: int, scale: float, device: torch
     cfg = model.config
     noise = noise_from_seeds(range(batch), cfg.num_tokens, cfg.in_channels, device)
     y = torch.arange(batch, device=device) % cfg.num_classes
-    sampler = SamplerConfig(num_steps=steps, guidance_scale=scale)
+    sampler = SamplerConfig(num_inference_steps=steps, guidance_scale=scale)
     with autocast(device, bf16):
-        sample(model, noise[:1], y[:1], sampler.replace(num_steps=1))  # warm-up
+        sample(model, noise[:1], y[:1], sampler.replace(num_inference_steps=1))  # warm-up
         sync(device)
         start = time.perf_counter()
         sample(model, noise, y, sampler)

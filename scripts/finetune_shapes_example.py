@@ -36,6 +36,7 @@ import sys
 import time
 from pathlib import Path
 
+from unimodal.commands._args import add_steps_arg
 from unimodal.shapes.config import ShapesConfig
 from unimodal.shapes.draw import SHAPE_NAMES
 from unimodal.shapes.holdout import HoldOut, build_holdout
@@ -157,7 +158,8 @@ def shapes_eval(model: str | Path, out: Path, world: Path, prompts: Path, args) 
     from unimodal.evaluation.runners import RunOptions, run_shapes
 
     opts = RunOptions(out=str(out), model=str(model), seed=args.seed, n=args.images_per_prompt,
-                      keep=args.images_per_prompt, num_steps=args.num_steps, device=args.device, progress=False)
+                      keep=args.images_per_prompt, num_inference_steps=args.num_inference_steps, device=args.device,
+                      progress=False)
     summary, status = run_shapes(opts, shapes_config=str(world), metadata=str(prompts))
     if status != 0:
         raise SystemExit(f"ShapesEval in {out} did not finish (status {status})")
@@ -188,7 +190,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--config", default="configs/finetune_shapes_example.yaml")
     p.add_argument("--eval-prompts", type=int, default=32, help="ShapesEval prompts that ask for the concept")
     p.add_argument("--images-per-prompt", type=int, default=4)
-    p.add_argument("--num-steps", type=int, default=None, help="sampler steps (default: the model's)")
+    add_steps_arg(p, "--num-steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     p.add_argument("overrides", nargs="*", help="finetune key=value overrides, e.g. train.total_steps=50")

@@ -96,7 +96,7 @@ def corpus(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model():
-    return tiny_model(seed=0, num_steps=2).eval()
+    return tiny_model(seed=0, num_inference_steps=2).eval()
 
 
 @pytest.fixture(scope="module")
@@ -179,6 +179,7 @@ def test_web_upload_check_names_the_upload_not_the_server_path(corpus, model):
         with pytest.raises(BadImageError) as err:
             backend.check_upload(corpus / name)
         assert name in str(err.value) and str(corpus) not in str(err.value), str(err.value)
-    reply = backend.send(backend.new_conversation(), "what is this?", str(corpus / "truncated.png"), steps=2)
+    reply = backend.send(backend.new_conversation(), "what is this?", str(corpus / "truncated.png"),
+                         num_inference_steps=2)
     assert "truncated.png is truncated" in reply.error and str(corpus) not in reply.error
     assert str(corpus) not in json.dumps(reply.messages)

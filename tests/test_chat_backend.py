@@ -11,22 +11,22 @@ from unimodal.unified.testing import tiny_model
 
 @pytest.fixture(scope="module")
 def model():
-    return tiny_model(seed=0, num_steps=2).eval()
+    return tiny_model(seed=0, num_inference_steps=2).eval()
 
 
 @pytest.fixture
 def backend(model, tmp_path):
-    limits = ServeLimits(max_prompt_chars=40, max_n=3, max_steps=4, max_tokens=4, max_upload_bytes=4000,
+    limits = ServeLimits(max_prompt_chars=40, max_n=3, max_num_inference_steps=4, max_tokens=4, max_upload_bytes=4000,
                          max_image_pixels=64 * 64, max_conversations=2)
     return ChatBackend(model, limits=limits, sessions_dir=tmp_path / "sessions", model_name="tiny")
 
 
-UI = dict(seed=0, steps=2, cfg=1.0, n=2)
+UI = dict(seed=0, num_inference_steps=2, guidance_scale=1.0, n=2)
 
 
 def test_draw_critique_and_gallery(backend, tmp_path):
     cid = backend.new_conversation()
-    assert backend.default_settings().steps == 2 and backend.default_settings().auto_critique
+    assert backend.default_settings().num_inference_steps == 2 and backend.default_settings().auto_critique
     reply = backend.draw(cid, "a red square on blue", **UI)
     assert reply.error is None and len(reply.gallery) == 1
     caption = reply.gallery[0].caption
@@ -50,9 +50,9 @@ BAD = [
     (lambda b, c: b.send(c, "x" * 41, **UI), "the limit is 40"),
     (lambda b, c: b.draw(c, "y" * 41, **UI), "the limit is 40"),
     (lambda b, c: b.draw(c, "ok", **{**UI, "n": 4}), "N must be between 1 and 3"),
-    (lambda b, c: b.draw(c, "ok", **{**UI, "steps": 0}), "steps must be between 1 and 4"),
-    (lambda b, c: b.draw(c, "ok", **{**UI, "steps": 2.5}), "steps must be a whole number"),
-    (lambda b, c: b.draw(c, "ok", **{**UI, "cfg": float("nan")}), "guidance must be between"),
+    (lambda b, c: b.draw(c, "ok", **{**UI, "num_inference_steps": 0}), "steps must be between 1 and 4"),
+    (lambda b, c: b.draw(c, "ok", **{**UI, "num_inference_steps": 2.5}), "steps must be a whole number"),
+    (lambda b, c: b.draw(c, "ok", **{**UI, "guidance_scale": float("nan")}), "guidance must be between"),
     (lambda b, c: b.draw(c, "ok", **{**UI, "seed": -1}), "seed must be between"),
     (lambda b, c: b.draw(c, "ok", **{**UI, "seed": "abc"}), "seed must be a number"),
     (lambda b, c: b.send(c, "/best 9", **UI), "at most 3 candidates"),

@@ -20,7 +20,7 @@ from unimodal.unified.testing import tiny_model
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("chat") / "model"
-    tiny_model(seed=0, num_steps=2).save_pretrained(d)
+    tiny_model(seed=0, num_inference_steps=2).save_pretrained(d)
     return d
 
 
@@ -74,7 +74,7 @@ def test_piped_session_saves_reopens_and_replays_to_the_same_bytes(model_dir, pi
     assert "best of 3 by P(yes):" in text and text.count("<- kept") == 1
     assert "critique of t0003-c" in text and "P(yes)" in text and "likelihood" in text
     assert "error: no such image: nothing-here.png" in text
-    assert "error: cfg must be > 0" in text and "error: steps must be in [1, 1000]" in text
+    assert "error: guidance must be > 0" in text and "error: steps must be in [1, 1000]" in text
     assert "error: unknown command /bogus" in text
     assert "drawing" in out.err and "session saved in" in out.err     # progress goes to stderr
 
@@ -89,17 +89,18 @@ def test_piped_session_saves_reopens_and_replays_to_the_same_bytes(model_dir, pi
     assert crit["critique"]["image"] == f"t0003-c{kept['index']}"
     assert abs(crit["critique"]["yes_prob"] - kept["yes_prob"]) < 1e-5
     assert data["turns"][5]["input"] == "inputs/t0005.png"
-    assert Image.open(session / kept["image"]).size == (32, 32)
+    with Image.open(session / kept["image"]) as img:
+        assert img.size == (32, 32)
     assert (session / "latents" / "t0001-c0.safetensors").is_file()
 
     # Reopen: settings and last image come back; a new context begins; flags are recorded turns.
-    rc, out = _chat(["--session", str(session), "--steps", "3"], "tell me more\n/critique\n/image a green square\n",
+    rc, out = _chat(["--session", str(session), "--num-inference-steps", "3"], "tell me more\n/critique\n/image a green square\n",
                     monkeypatch, capsys)
     assert rc == 0 and "critique of t0006-c0 against 'a blue square on red'" in out.out
     data = json.loads((session / "session.json").read_text())
     assert [t["context"] for t in data["turns"]][-4:] == [1, 1, 1, 1]
     assert data["turns"][7]["request"] == {"kind": "set", "name": "steps", "value": "3"}
-    assert data["settings"]["steps"] == 3 and data["settings"]["seed"] == 5
+    assert data["settings"]["num_inference_steps"] == 3 and data["settings"]["seed"] == 5
 
     replayed = tmp_path / "replayed"
     rc, out = _chat(["--replay", str(session), "--out", str(replayed)], "", monkeypatch, capsys)

@@ -23,7 +23,9 @@ from unimodal.config import ConfigError
     ("/ask pic.png", Request("ask", path="pic.png")),
     ("/seed 3", Request("set", name="seed", value="3")),
     ("/steps", Request("set", name="steps")),
-    ("/set cfg 2.5", Request("set", name="cfg", value="2.5")),
+    ("/guidance 2", Request("set", name="guidance", value="2")),
+    ("/cfg 2", Request("set", name="guidance", value="2")),          # the word of earlier releases
+    ("/set cfg 2.5", Request("set", name="guidance", value="2.5")),
     ("/settings", Request("show")),
     ("/history", Request("history")),
     ("/HELP", Request("help")),
@@ -52,19 +54,23 @@ def test_blank_line_is_nothing_and_help_lists_commands():
 
 def test_settings_are_checked():
     s = ChatSettings()
-    assert apply_setting(s, "steps", "2").steps == 2
-    assert apply_setting(apply_setting(s, "steps", "2"), "steps", "default").steps is None
-    assert apply_setting(s, "cfg", "1.5").cfg == 1.5
+    assert apply_setting(s, "steps", "2").num_inference_steps == 2
+    assert apply_setting(apply_setting(s, "steps", "2"), "steps", "default").num_inference_steps is None
+    assert apply_setting(s, "guidance", "1.5").guidance_scale == 1.5
+    assert apply_setting(s, "cfg", "1.5").guidance_scale == 1.5      # a session recorded before replays
     with pytest.raises(ValueError, match="whole number"):
         apply_setting(s, "seed", "1.5")
     with pytest.raises(ConfigError, match=r"steps must be in \[1, 1000\]"):
         apply_setting(s, "steps", "0")
-    with pytest.raises(ConfigError, match="cfg must be > 0"):
-        apply_setting(s, "cfg", "nan")
-    with pytest.raises(ConfigError, match="cfg must be > 0"):     # 0 would drop the prompt altogether
-        apply_setting(s, "cfg", "0")
+    with pytest.raises(ConfigError, match="guidance must be > 0"):
+        apply_setting(s, "guidance", "nan")
+    with pytest.raises(ConfigError, match="guidance must be > 0"):     # 0 would drop the prompt altogether
+        apply_setting(s, "guidance", "0")
     with pytest.raises(ConfigError, match=r"n must be in \[1, 64\]"):   # bounded without a server too
         apply_setting(s, "n", "100000")
+    # session.json and `--limit` keys written before the diffusers names still read.
+    assert ChatSettings.from_dict({"steps": 3, "cfg": 2.0}) == ChatSettings(num_inference_steps=3, guidance_scale=2.0)
+    assert ServeLimits.from_dict({"max_steps": 5, "max_cfg": 4.0}).max_num_inference_steps == 5
     limits = ServeLimits(max_n=4)
     with pytest.raises(ValueError, match="at most 4"):
         limits.check(s.replace(n=5))

@@ -47,8 +47,8 @@ def test_yaml_and_overrides(tmp_path):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("--nope=1", "unknown key"),
-    ("--inner.widht=3", "unknown key"),
+    ("--nope=1", "unknown option or override key '--nope=1': no 'nope'"),
+    ("--inner.widht=3", "unknown option or override key '--inner.widht=3': no 'widht' in inner"),
     ("--lr=fast", "expected a number"),
     ("--inner.width=2.5", "expected an integer"),
     ("--inner.kind=c", "is not one of"),

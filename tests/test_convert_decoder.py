@@ -96,7 +96,7 @@ def test_scale_rae_decoder_cli_builds_a_complete_rae(tmp_path, siglip_dir):
 
 
 def test_cli_error_names_the_key(tmp_path):
-    from unimodal.cli import UserError
+    from unimodal.config import UserError
 
     _, sd = write_source(tmp_path / "src")
     sd.pop("decoder_norm.bias")
@@ -126,7 +126,7 @@ def test_rae_decoder_with_statistics(tmp_path):
     ref = vitmae_decoder_forward(sd, raw, heads=2) * px_std + px_mean
     torch.testing.assert_close(rae.decode(Z, clamp=False), ref, atol=2e-5, rtol=1e-5)
     torch.save({"mean": mean, "var": var, "count": torch.tensor(3)}, tmp_path / "bad.pt")
-    from unimodal.cli import UserError
+    from unimodal.config import UserError
     with pytest.raises(UserError, match="exactly the tensors 'mean' and 'var'"):
         cli("rae", tmp_path / "model.pt", tmp_path / "rae2", "--decoder-config", tmp_path / "ViTXL.json",
             "--encoder", enc_dir, "--stats", tmp_path / "bad.pt")

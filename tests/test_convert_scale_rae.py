@@ -9,7 +9,7 @@ from convert_reference import scale_rae_dit_forward, scale_rae_dit_source, to_im
 from safetensors.torch import save_file
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from unimodal.cli import UserError
+from unimodal.config import UserError
 from unimodal.commands import convert as convert_cmd
 from unimodal.rae.encoders import FrozenEncoder, encoder_preset
 from unimodal.text.special_tokens import IMAGE_END, IMAGE_START

@@ -1,5 +1,8 @@
+import pytest
 import torch
 
+import unimodal.shapes  # noqa: F401  (adds data.source=shapes)
+from unimodal.config import ConfigError
 from unimodal.data.dataset import DataConfig, build_image_dataset
 
 
@@ -12,3 +15,8 @@ def test_shapes_source_gives_captioned_images_and_distinct_eval_split():
     assert isinstance(item["caption"], str) and item["caption"]
     assert torch.equal(train[0]["pixels"], build_image_dataset(cfg, "train")[0]["pixels"])  # deterministic
     assert not torch.equal(train[0]["pixels"], evals[0]["pixels"])
+
+
+def test_an_unknown_source_names_the_registered_ones():
+    with pytest.raises(ConfigError, match=r"'nope' is not one of \['folder', 'datasets', 'synthetic', 'shapes'\]"):
+        build_image_dataset(DataConfig(source="nope"))

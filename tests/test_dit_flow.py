@@ -1,4 +1,4 @@
-"""Flow matching pure functions: path, target, time sampling, dimension shift, sampling grid."""
+"""Flow matching pure functions: path, target, time sampling, dimension shift, condition dropout, sampling grid."""
 import math
 
 import pytest
@@ -8,6 +8,8 @@ from unimodal.dit.flow import (
     dimension_shift,
     flow_matching_loss,
     interpolate,
+    resolve_shift,
+    sample_drop,
     sample_time,
     sampling_times,
     shift_time,
@@ -19,13 +21,14 @@ def test_shift_values():
     assert dimension_shift(256, 768) == pytest.approx(math.sqrt(48)) == pytest.approx(6.928, abs=1e-3)
     assert dimension_shift(256, 1152) == pytest.approx(math.sqrt(72)) == pytest.approx(8.485, abs=1e-3)
     assert dimension_shift(1024, 4) == pytest.approx(1.0)
+    assert resolve_shift(None, 256, 768) == dimension_shift(256, 768) and resolve_shift(2.5, 256, 768) == 2.5
 
 
 def test_shift_time_endpoints_and_direction():
     t = torch.tensor([0.0, 0.25, 0.5, 1.0], dtype=torch.float64)
     s = shift_time(t, 6.93)
     assert s[0] == 0.0 and s[-1] == 1.0
-    assert (s[1:3] > t[1:3]).all()          # alpha > 1 moves times toward noise
+    assert (s[1:3] > t[1:3]).all()          # shift > 1 moves times toward noise
     torch.testing.assert_close(shift_time(t, 1.0), t)
     assert shift_time(torch.tensor(0.5), 3.0).item() == pytest.approx(0.75)
 
@@ -68,6 +71,13 @@ def test_time_sampling():
     torch.testing.assert_close(shifted, shift_time(t, math.sqrt(48)))
     with pytest.raises(ValueError):
         sample_time(4, dist="beta")
+
+
+def test_condition_dropout_is_drawn_from_the_given_generator():
+    drop = sample_drop(20000, 0.1, generator=torch.Generator().manual_seed(0))
+    assert drop.dtype == torch.bool and drop.float().mean().item() == pytest.approx(0.1, abs=0.01)
+    torch.testing.assert_close(drop, sample_drop(20000, 0.1, generator=torch.Generator().manual_seed(0)))
+    assert sample_drop(8, 0.0) is None       # nothing to drop, and no draw from the generator
 
 
 def test_sampling_grid_exact_endpoints():

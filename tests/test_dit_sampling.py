@@ -26,7 +26,7 @@ class Recorder:
 
 def test_euler_times_exact_and_count():
     rec = Recorder()
-    x = sample(rec, torch.randn(2, 4, 3), None, SamplerConfig(num_steps=5, shift=3.0))
+    x = sample(rec, torch.randn(2, 4, 3), None, SamplerConfig(num_inference_steps=5, shift=3.0))
     ts = [c["t"][0].item() for c in rec.calls]
     assert len(ts) == 5
     assert ts[0] == 1.0                                    # the first evaluation is at pure noise
@@ -37,7 +37,7 @@ def test_euler_times_exact_and_count():
 
 def test_heun_times_and_count():
     rec = Recorder()
-    sample(rec, torch.randn(2, 4, 3), None, SamplerConfig(method="heun", num_steps=4, shift=2.0))
+    sample(rec, torch.randn(2, 4, 3), None, SamplerConfig(method="heun", num_inference_steps=4, shift=2.0))
     ts = [c["t"][0].item() for c in rec.calls]
     assert len(ts) == 2 * 4 - 1
     assert ts[0] == 1.0 and 0.0 not in ts                  # no corrector at t = 0
@@ -52,23 +52,23 @@ def test_final_state_is_at_t0():
     noise = torch.randn(2, 4, 3)
     oracle = lambda x, t, cond, drop=None: noise - x0
     for method in ("euler", "heun"):
-        out = sample(oracle, noise, None, SamplerConfig(method=method, num_steps=7, shift=6.93))
+        out = sample(oracle, noise, None, SamplerConfig(method=method, num_inference_steps=7, shift=6.93))
         torch.testing.assert_close(out, x0, atol=1e-5, rtol=1e-5)
 
 
 def test_default_shift_is_dimension_shift():
     rec = Recorder()
-    sample(rec, torch.randn(1, 64, 256), None, SamplerConfig(num_steps=3))   # sqrt(64 * 256 / 4096) = 2
+    sample(rec, torch.randn(1, 64, 256), None, SamplerConfig(num_inference_steps=3))   # sqrt(64 * 256 / 4096) = 2
     assert [c["t"][0].item() for c in rec.calls] == sampling_times(3, 2.0).float().tolist()[:-1]
 
 
-def test_cfg_scale_one_is_the_conditional_output_in_one_forward():
+def test_guidance_scale_one_is_the_conditional_output_in_one_forward():
     labels = torch.tensor([1, 2])
     rec = Recorder()
     noise = torch.randn(2, 4, 3)
-    out = sample(rec, noise, labels, SamplerConfig(num_steps=4, guidance_scale=1.0, shift=1.0))
+    out = sample(rec, noise, labels, SamplerConfig(num_inference_steps=4, guidance_scale=1.0, shift=1.0))
     assert all(c["batch"] == 2 and not c["drop"].any() for c in rec.calls)
-    cond_only = sample(Recorder(), noise, labels, SamplerConfig(num_steps=4, shift=1.0))
+    cond_only = sample(Recorder(), noise, labels, SamplerConfig(num_inference_steps=4, shift=1.0))
     torch.testing.assert_close(out, cond_only)
 
 
@@ -76,11 +76,11 @@ def test_cfg_is_one_batched_forward_and_changes_the_output():
     labels = torch.tensor([1, 2])
     noise = torch.randn(2, 4, 3)
     rec = Recorder()
-    out = sample(rec, noise, labels, SamplerConfig(num_steps=4, guidance_scale=3.0, shift=1.0))
+    out = sample(rec, noise, labels, SamplerConfig(num_inference_steps=4, guidance_scale=3.0, shift=1.0))
     assert len(rec.calls) == 4
     for c in rec.calls:
         assert c["batch"] == 4 and c["drop"].tolist() == [False, False, True, True]
-    assert not torch.allclose(out, sample(Recorder(), noise, labels, SamplerConfig(num_steps=4, shift=1.0)))
+    assert not torch.allclose(out, sample(Recorder(), noise, labels, SamplerConfig(num_inference_steps=4, shift=1.0)))
 
 
 def test_guided_velocity_formula():
@@ -94,7 +94,7 @@ def test_guided_velocity_formula():
 
 def test_guidance_interval():
     rec = Recorder()
-    cfg = SamplerConfig(num_steps=10, shift=1.0, guidance_scale=2.0, guidance_interval=(0.35, 0.65))
+    cfg = SamplerConfig(num_inference_steps=10, shift=1.0, guidance_scale=2.0, guidance_interval=(0.35, 0.65))
     sample(rec, torch.randn(2, 4, 3), torch.tensor([1, 2]), cfg)
     for c in rec.calls:
         t = c["t"][0].item()
@@ -120,7 +120,7 @@ def test_guidance_errors():
     with pytest.raises(ConfigError):
         SamplerConfig(guidance_interval=(0.6, 0.3))
     with pytest.raises(ConfigError):
-        SamplerConfig(num_steps=0)
+        SamplerConfig(num_inference_steps=0)
 
 
 def test_seeded_noise_is_per_sample():
@@ -138,8 +138,8 @@ def test_real_model_cfg_and_reproducibility():
             p.add_(0.1 * torch.randn_like(p))
     model.eval()
     labels = torch.tensor([1, 7])
-    cfg1, cfg3 = SamplerConfig(num_steps=3), SamplerConfig(num_steps=3, guidance_scale=3.0, method="heun")
-    a = sample(model, noise_from_seeds([0, 1], 16, 32), labels, cfg3)
-    b = sample(model, noise_from_seeds([0, 1], 16, 32), labels, cfg3)
+    plain, guided = SamplerConfig(num_inference_steps=3), SamplerConfig(num_inference_steps=3, guidance_scale=3.0, method="heun")
+    a = sample(model, noise_from_seeds([0, 1], 16, 32), labels, guided)
+    b = sample(model, noise_from_seeds([0, 1], 16, 32), labels, guided)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
-    assert not torch.allclose(a, sample(model, noise_from_seeds([0, 1], 16, 32), labels, cfg1.replace(method="heun")))
+    assert not torch.allclose(a, sample(model, noise_from_seeds([0, 1], 16, 32), labels, plain.replace(method="heun")))

@@ -1,6 +1,7 @@
 """The class-conditional DiT stage: exact resume, latent cache round trip, the sample command."""
 import argparse
 import json
+import math
 import shutil
 
 import numpy as np
@@ -32,7 +33,7 @@ def rae_dir(tmp_path_factory):
 def _overrides(run_dir, rae_dir, **extra):
     items = {"rae": str(rae_dir), "train.run_dir": str(run_dir), "train.total_steps": 6, "train.ckpt_every": 3,
              "train.log_every": 1, "train.sample_every": 3, "train.batch_size": 4, "train.warmup_steps": 2,
-             "sampler.num_steps": 2, "sample_images": 4, "data.synthetic_images": 12, **extra}
+             "dit.sampler.num_inference_steps": 2, "sample_images": 4, "data.synthetic_images": 12, **extra}
     return [f"{k}={v}" for k, v in items.items()]
 
 
@@ -51,6 +52,10 @@ def test_resume_continues_the_exact_loss_sequence(tmp_path, rae_dir):
     assert (run / "samples" / "step_00000003.png").is_file()
     exported = DiT.from_pretrained(run / "export")
     assert exported.config.num_classes == 4
+    # Its sampler, for `unimodal sample`, is the grids' one at the training shift (the dimension shift here).
+    sampler = exported.config.sampler
+    assert sampler.num_inference_steps == 2 and sampler.guidance_scale == 1.5
+    assert sampler.shift == pytest.approx(math.sqrt(16 * 32 / 4096))
 
     shutil.rmtree(list_checkpoints(run)[-1][1])   # as if killed after the step-3 checkpoint
     dit_stage.train("configs/dit_tiny.yaml", args)
@@ -86,6 +91,7 @@ def test_stage_config_checks(tmp_path, rae_dir):
     with pytest.raises(ConfigError, match="dit.in_channels"):
         dit_stage.train("configs/dit_tiny.yaml", _overrides(tmp_path / "r", rae_dir, **{"dit.in_channels": 16, "dit.allow_narrow": True}))
     load_config(dit_stage.DiTStageConfig, "configs/dit_xl_imagenet.yaml")
+    assert load_config(dit_stage.DiTStageConfig, "configs/dit_tiny.yaml", ["time_shift=2.0"]).shift == 2.0  # the old name
 
 
 def test_sample_command_balanced_npz(tmp_path, rae_dir):
@@ -99,7 +105,8 @@ def test_sample_command_balanced_npz(tmp_path, rae_dir):
     sample_cmd.add_parser(parser.add_subparsers())
     out = tmp_path / "fid" / "samples.npz"
     args = parser.parse_args(["sample", "--model", str(tmp_path / "dit"), "--rae", str(rae_dir), "--num", "6",
-                              "--out", str(out), "--steps", "2", "--cfg-scale", "2.0", "--batch-size", "4"])
+                              "--out", str(out), "--num-inference-steps", "2", "--guidance-scale", "2.0",
+                              "--batch-size", "4"])
     assert args.func(args) == 0
     arr = np.load(out)["arr_0"]
     assert arr.dtype == np.uint8 and arr.shape == (6, 32, 32, 3)
@@ -107,7 +114,7 @@ def test_sample_command_balanced_npz(tmp_path, rae_dir):
     assert [p.split("class")[1] for p in pngs] == ["0000.png", "0001.png", "0002.png"] * 2
     bad = parser.parse_args(["sample", "--model", str(tmp_path / "dit"), "--rae", str(rae_dir), "--num", "4",
                              "--out", str(out)])
-    from unimodal.cli import UserError
+    from unimodal.config import UserError
     with pytest.raises(UserError, match="multiple"):
         bad.func(bad)
 

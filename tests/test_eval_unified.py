@@ -35,10 +35,10 @@ def test_geneval_with_the_tiny_model(model, geneval_metadata_path, tmp_path):
     from unimodal.unified.decoding import sample_seed
 
     meta = _slice(geneval_metadata_path, tmp_path, [0, 400])
-    gen = UnifiedGenerator(model, judge="yes_prob", num_steps=2, batch_size=8)
+    gen = UnifiedGenerator(model, judge="yes_prob", num_inference_steps=2, batch_size=8)
     out = tmp_path / "out"
-    summary, code = run_geneval(str(meta), RunOptions(out=str(out), n=5, num_steps=2, progress=False), generator=gen)
-    assert code == 0 and summary["counts"]["found"] == 8 and summary["generation"]["generator"]["num_steps"] == 2
+    summary, code = run_geneval(str(meta), RunOptions(out=str(out), n=5, num_inference_steps=2, progress=False), generator=gen)
+    assert code == 0 and summary["counts"]["found"] == 8 and summary["generation"]["generator"]["num_inference_steps"] == 2
     items = read_geneval_items(meta)
     for it in items:
         folder = out / f"{it.index:05d}"
@@ -54,7 +54,7 @@ def test_geneval_with_the_tiny_model(model, geneval_metadata_path, tmp_path):
 
     # Prompt 1 regenerated alone (its own range, another folder): the same images, bit for bit.
     alone = tmp_path / "alone"
-    run_geneval(str(meta), RunOptions(out=str(alone), n=5, num_steps=2, start=1, end=2, progress=False), generator=gen)
+    run_geneval(str(meta), RunOptions(out=str(alone), n=5, num_inference_steps=2, start=1, end=2, progress=False), generator=gen)
     for p in sorted((out / "00001").rglob("*.png")):
         assert (alone / "00001" / p.relative_to(out / "00001")).read_bytes() == p.read_bytes()
     assert not (alone / "00000").exists()
@@ -65,15 +65,15 @@ def test_cli_over_a_saved_model(model, geneval_metadata_path, tmp_path):
     meta = _slice(geneval_metadata_path, tmp_path, [7])
     out = tmp_path / "cli"
     code = script_main("geneval", ["--metadata", str(meta), "--model", str(tmp_path / "model"), "--out", str(out),
-                                   "--num-steps", "2", "--device", "cpu", "--no-progress"])
+                                   "--num-inference-steps", "2", "--device", "cpu", "--no-progress"])
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["args"]["model"] == str(tmp_path / "model") and summary["counts"]["ok"]
     assert summary["generation"]["judge"] is None                       # n == 4: no selection, no judge
     # the same prompt through the in-memory model gives the same files
     again = tmp_path / "again"
-    run_geneval(str(meta), RunOptions(out=str(again), num_steps=2, progress=False),
-                generator=UnifiedGenerator(model, judge=None, num_steps=2))
+    run_geneval(str(meta), RunOptions(out=str(again), num_inference_steps=2, progress=False),
+                generator=UnifiedGenerator(model, judge=None, num_inference_steps=2))
     for p in sorted((out / "00000" / "samples").iterdir()):
         assert (again / "00000" / "samples" / p.name).read_bytes() == p.read_bytes()
     assert script_main("geneval", ["--metadata", str(meta), "--out", str(out), "--check-only"]) == 0
@@ -81,9 +81,9 @@ def test_cli_over_a_saved_model(model, geneval_metadata_path, tmp_path):
 
 
 def test_shapes_eval_scores_the_models_images(model, tmp_path):
-    gen = UnifiedGenerator(model, judge="likelihood", num_steps=2, batch_size=8)
+    gen = UnifiedGenerator(model, judge="likelihood", num_inference_steps=2, batch_size=8)
     out = tmp_path / "shapes"
-    summary, code = run_shapes(RunOptions(out=str(out), n=5, judge="likelihood", end=2, num_steps=2, progress=False),
+    summary, code = run_shapes(RunOptions(out=str(out), n=5, judge="likelihood", end=2, num_inference_steps=2, progress=False),
                                generator=gen)
     assert code == 0 and (out / "shapes_metadata.jsonl").is_file()
     scores = summary["scores"]

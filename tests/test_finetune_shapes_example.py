@@ -96,7 +96,7 @@ def test_example_runs_end_to_end(tmp_path, capsys, concept):
     model = tiny_base_model(tmp_path / "base")
     out = tmp_path / "ex"
     summary = ex.main(["--model", str(model), "--out", str(out), "--images", "6", "--eval-prompts", "4",
-                       "--images-per-prompt", "1", "--num-steps", "2", "--config", "configs/finetune_tiny.yaml",
+                       "--images-per-prompt", "1", "--num-inference-steps", "2", "--config", "configs/finetune_tiny.yaml",
                        *concept, "train.total_steps=2", "train.ckpt_every=2"])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == json.loads(json.dumps(summary))
     kind, name = ("color", "pink") if concept else ("shape", "heart")

@@ -33,7 +33,7 @@ def test_config_layers(setup, tmp_path):
     assert _cfg(setup, tmp_path / "r", "data.image_size=48").data.image_size == 48
     with pytest.raises(ConfigError, match="freeze"):
         _cfg(setup, tmp_path / "r", "freeze=[llm]")
-    with pytest.raises(ConfigError, match="unknown key"):
+    with pytest.raises(ConfigError, match="unknown option or override key 'divergence.factor=3'"):
         _cfg(setup, tmp_path / "r", "divergence.factor=3")
     with pytest.raises(FileNotFoundError, match="config.json"):
         load_finetune_config(None, data=str(setup[1]), model=str(tmp_path), out=str(tmp_path / "r"))

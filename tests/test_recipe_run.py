@@ -102,7 +102,7 @@ def test_quick_recipe_end_to_end_and_resume(tmp_path):
     assert shipped["preset"] == "quick" and shipped["model"]["params"] > 0 and "commit" in shipped["git"]
 
     model = UnifiedModel.from_pretrained(tmp_path / "published")
-    out = generate_images(model, ["a photo of a red circle"], n=2, keep=1, judge="yes_prob", num_steps=2)
+    out = generate_images(model, ["a photo of a red circle"], n=2, keep=1, judge="yes_prob", num_inference_steps=2)
     kept = out.kept(0)
     assert len(kept) == 1 and kept[0].image.shape == (3, 64, 64)
     texts = caption(model, latents=kept[0].latent[None], max_new_tokens=8).texts
@@ -116,7 +116,7 @@ def test_quick_recipe_end_to_end_and_resume(tmp_path):
     from unimodal.commands import demo
 
     args = argparse.Namespace(model=str(tmp_path / "published"), out=str(tmp_path / "demo"), n=2, prompt=None, seed=0,
-                              steps=2)
+                              num_inference_steps=2)
     assert demo.run(args) == 0
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
     assert len(report["rows"]) == len(demo.DEMO_TAGS) and (tmp_path / "demo" / "report.png").is_file()

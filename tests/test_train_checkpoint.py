@@ -10,7 +10,7 @@ from unimodal.train import checkpoint as ckpt
 from unimodal.train.checkpoint import (NoSpaceError, latest_checkpoint, list_checkpoints, load_checkpoint, resume_run,
                                        save_checkpoint)
 from unimodal.train.config import TrainConfig
-from unimodal.train.distributed import DistInfo, seed_everything
+from unimodal.utils.distributed import DistInfo, seed_everything
 from unimodal.train.ema import EMA
 from unimodal.train.engine import TrainEngine
 from unimodal.train.logging import RunLogger, check_finite, save_resolved_config
@@ -36,7 +36,7 @@ def train(run_dir, total_steps, stop_after=None, ckpt_every=2):
     dist = DistInfo()
     seed_everything(cfg.seed, dist.rank)
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.3), torch.nn.Linear(8, 1))
-    engine = TrainEngine(model, train_cfg=cfg, dist=dist)
+    engine = TrainEngine(model, cfg, dist=dist)
     ema = EMA(engine.module, cfg.ema_decay)
     log = RunLogger(cfg.run_dir, dist, tensorboard=False)
     save_resolved_config(cfg.run_dir, cfg, log)
@@ -109,7 +109,7 @@ def test_rng_state_round_trip():
 
 def _engine():
     torch.manual_seed(0)
-    return TrainEngine(torch.nn.Linear(3, 2), train_cfg=TrainConfig())
+    return TrainEngine(torch.nn.Linear(3, 2), TrainConfig())
 
 
 def test_crash_before_rename_keeps_previous_checkpoint(tmp_path, monkeypatch):
@@ -204,7 +204,7 @@ def test_load_restores_model_and_optimizer(tmp_path):
     assert fresh.optimizer_steps == 1
     st_a, st_b = engine.optimizer.state_dict()["state"], fresh.optimizer.state_dict()["state"]
     assert torch.equal(st_a[0]["exp_avg"], st_b[0]["exp_avg"])
-    wrong = TrainEngine(torch.nn.Linear(3, 3), train_cfg=TrainConfig())
+    wrong = TrainEngine(torch.nn.Linear(3, 3), TrainConfig())
     with pytest.raises(Exception, match="shape mismatch"):
         load_checkpoint(path, {"m": wrong})
 

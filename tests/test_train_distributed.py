@@ -58,14 +58,14 @@ def run_steps(engine, rank, world, steps):
 
 def worker(out_dir):
     from unimodal.train.checkpoint import load_checkpoint, save_checkpoint
-    from unimodal.train.distributed import all_reduce_mean, cleanup, init_distributed
+    from unimodal.utils.distributed import all_reduce_mean, cleanup, init_distributed
     from unimodal.train.engine import TrainEngine
 
     dist = init_distributed(device="cpu")
     results = {}
     for mode in ("ddp", "zero2"):  # one launch for both: starting processes dominates the run time
         ds_config = str(Path(__file__).resolve().parents[1] / "configs/deepspeed/zero2.json") if mode == "zero2" else None
-        engine = TrainEngine(make_model(), train_cfg=train_cfg(), deepspeed_config=ds_config, dist=dist)
+        engine = TrainEngine(make_model(), train_cfg(), deepspeed_config=ds_config, dist=dist)
         rows = run_steps(engine, dist.rank, dist.world_size, range(STEPS - 1))
         path = save_checkpoint(Path(out_dir) / mode, STEPS - 1, {"model": engine}, {"step": STEPS - 1})
         rows += run_steps(engine, dist.rank, dist.world_size, [STEPS - 1])
@@ -75,7 +75,7 @@ def worker(out_dir):
         results[mode] = {"losses": losses, "grad_norms": [r["grad_norm"] for r in rows]}
         engine.close()
     # a module kept outside the engines (e.g. a discriminator) gets its gradients averaged by hand
-    from unimodal.train.distributed import average_gradients
+    from unimodal.utils.distributed import average_gradients
     from unimodal.train.logging import NonFiniteLossError, check_finite
 
     side = torch.nn.Linear(2, 2)
@@ -113,7 +113,7 @@ def launch(tmp_path):
 def reference():
     from unimodal.train.engine import TrainEngine
 
-    engine = TrainEngine(make_model(), train_cfg=train_cfg())
+    engine = TrainEngine(make_model(), train_cfg())
     return run_steps(engine, 0, 1, range(STEPS))
 
 

@@ -21,7 +21,7 @@ def run(accum, micro, x, y, steps=2, **cfg):
     model = toy()
     cfg = TrainConfig(**{"lr": 1e-2, "grad_accum": accum, "batch_size": micro, "grad_clip": 0.3,
                          "weight_decay": 0.1, "warmup_steps": 1, "total_steps": 10, **cfg})
-    engine = TrainEngine(model, train_cfg=cfg)
+    engine = TrainEngine(model, cfg)
     outs = []
     for step in range(steps):
         engine.set_lr(step)
@@ -50,7 +50,7 @@ def test_grad_accumulation_matches_one_big_batch(accum):
 
 def test_clipping_reports_pre_clip_norm_and_clips_before_the_update():
     model = toy()
-    engine = TrainEngine(model, train_cfg=TrainConfig(grad_clip=1e-3))
+    engine = TrainEngine(model, TrainConfig(grad_clip=1e-3))
     seen = []
     engine.optimizer.step = lambda: seen.append(float(torch.nn.utils.get_total_norm(
         [p.grad for p in model.parameters()])))
@@ -66,22 +66,22 @@ def test_param_groups_keep_their_own_lr_and_betas():
     groups = [{"params": model[0].parameters(), "lr": 1e-4, "betas": (0.9, 0.999), "name": "llm"},
               {"params": model[2].parameters(), "name": "dit"}]
     cfg = TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10, total_steps=110)
-    engine = TrainEngine(model, groups, train_cfg=cfg)
+    engine = TrainEngine(model, cfg, groups)
     g0, g1 = engine.optimizer.param_groups
     assert g0["betas"] == (0.9, 0.999) and g1["betas"] == (0.9, 0.95)
     assert engine.set_lr(4) == pytest.approx([0.5e-4, 0.5e-3])
     assert engine.lrs() == pytest.approx([0.5e-4, 0.5e-3])
     assert engine.set_lr(110) == pytest.approx([1e-5, 1e-4])  # the floor scales with the group's peak
     with pytest.raises(ValueError, match="more than one group"):
-        TrainEngine(model, [{"params": model.parameters()}, {"params": model[0].parameters()}], train_cfg=cfg)
+        TrainEngine(model, cfg, [{"params": model.parameters()}, {"params": model[0].parameters()}])
     with pytest.raises(ValueError, match="not in the module"):
-        TrainEngine(model, [{"params": toy().parameters()}], train_cfg=cfg)
+        TrainEngine(model, cfg, [{"params": toy().parameters()}])
 
 
 def test_non_finite_gradients_skip_the_update():
     model = toy()
     before = flat(model)
-    engine = TrainEngine(model, train_cfg=TrainConfig())
+    engine = TrainEngine(model, TrainConfig())
     engine.backward(model(torch.full((2, 6), float("nan"))).sum())
     out = engine.step()
     assert not out.stepped and math.isnan(out.grad_norm) and out.optimizer_steps == 0
@@ -91,10 +91,10 @@ def test_non_finite_gradients_skip_the_update():
 
 def test_bf16_autocast_context():
     model = toy()
-    engine = TrainEngine(model, train_cfg=TrainConfig(bf16=True))
+    engine = TrainEngine(model, TrainConfig(bf16=True))
     with engine.autocast():
         assert engine(torch.randn(2, 6)).dtype == torch.bfloat16
-    assert TrainEngine(toy(), train_cfg=TrainConfig()).module(torch.randn(2, 6)).dtype == torch.float32
+    assert TrainEngine(toy(), TrainConfig()).module(torch.randn(2, 6)).dtype == torch.float32
 
 
 def test_deepspeed_config_is_filled_from_train_config():
@@ -127,13 +127,13 @@ def test_shipped_deepspeed_configs_fill_cleanly():
 def test_two_deepspeed_engines_one_after_another_in_one_process(monkeypatch):
     """DeepSpeed caches its process groups in module globals; `cleanup` must drop them, or the
     second stage run in a process (a notebook, a test session) fails on destroyed groups."""
-    from unimodal.train.distributed import cleanup, init_distributed
+    from unimodal.utils.distributed import cleanup, init_distributed
 
     for port in ("29611", "29612"):
         monkeypatch.setenv("MASTER_PORT", port)
         dist = init_distributed("cpu")
         model = torch.nn.Linear(4, 2)
-        engine = TrainEngine(model, lr=1e-2, batch_size=2, deepspeed_config={"zero_optimization": {"stage": 2}},
+        engine = TrainEngine(model, TrainConfig(lr=1e-2, batch_size=2), deepspeed_config={"zero_optimization": {"stage": 2}},
                              dist=dist)
         loss = engine(torch.ones(2, 4)).square().mean()
         engine.backward(loss)

@@ -3,7 +3,7 @@ import itertools
 import pytest
 import torch
 
-from unimodal.train.distributed import DistInfo
+from unimodal.utils.distributed import DistInfo
 from unimodal.train.loop import ResumableBatchSampler, infinite_loader
 
 

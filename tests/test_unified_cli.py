@@ -2,6 +2,7 @@
 import argparse
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -32,7 +33,7 @@ def _run(argv):
 
 def test_generate_writes_unique_outputs(model_dir, tmp_path, capsys):
     argv = ["generate", "a red square on blue", "--model", str(model_dir), "--n", "3", "--keep", "2",
-            "--steps", "2", "--seed", "7", "--out", str(tmp_path), "--device", "cpu"]
+            "--num-inference-steps", "2", "--seed", "7", "--out", str(tmp_path), "--device", "cpu"]
     assert _run(argv) == 0
     assert _run(argv) == 0                                # same command again: new names, nothing overwritten
     names = sorted(p.name for p in tmp_path.iterdir())
@@ -87,7 +88,9 @@ def test_bad_generate_requests_are_one_line(model_dir, tmp_path, capsys):
              (["a red square", "--n", "-1"], 2, "argument --n: must be in [1, 64], got -1"),
              (["a red square", "--n", "100000"], 2, "argument --n: must be in [1, 64], got 100000"),
              (["a red square", "--n", "2", "--keep", "3"], 2, "--keep 3 is more than --n 2"),
-             (["a red square", "--steps", "0"], 2, "argument --steps: must be in [1, 1000], got 0"),
+             (["a red square", "--num-inference-steps", "0"], 2, "argument --num-inference-steps: must be in [1, 1000], got 0"),
+             (["a red square", "--guidance-scale", "0"], 2, "argument --guidance-scale: must be a number > 0"),
+             (["a red square", "--steps", "0"], 2, "argument --steps: must be in [1, 1000], got 0"),   # old flags parse
              (["a red square", "--cfg", "0"], 2, "argument --cfg: must be a number > 0"),
              (["a red square " * 400], 1, "tokens; this model takes at most 967 (its LLM has 1024 positions)"),
              (["a red square", "--model", str(truncated)], 1,
@@ -108,13 +111,31 @@ def test_bad_generate_requests_are_one_line(model_dir, tmp_path, capsys):
 @pytest.mark.parametrize("argv", [["sample", "--model", "m", "--rae", "r", "--num", "4", "--out", "o.npz"],
                                   ["eval", "shapes", "--out", "o"], ["chat"], ["demo"], ["generate", "p"]])
 def test_step_and_candidate_flags_are_bounded_everywhere(argv, capsys):
-    steps = "--num-steps" if argv[0] == "eval" else "--steps"
+    steps = "--num-inference-steps"
     for flag, value in [(steps, "0"), (steps, "1001"), ("--n" if argv[0] != "sample" else "--num", "0"),
-                        ("--cfg-scale" if argv[0] in ("sample", "eval") else "--cfg", "-1")]:
-        if argv[0] == "demo" and flag == "--cfg":
+                        ("--guidance-scale", "-1")]:
+        if argv[0] == "demo" and flag == "--guidance-scale":
             continue                                      # demo draws with the model's own guidance
         rc, err = _main(argv + [flag, value], capsys)
         assert rc == 2 and f"argument {flag}: must be" in err, (flag, value, err)
+
+
+@pytest.mark.parametrize("command, old, new", [
+    (["generate", "p"], "--steps", "num_inference_steps"), (["generate", "p"], "--cfg", "guidance_scale"),
+    (["chat"], "--steps", "num_inference_steps"), (["chat"], "--cfg", "guidance_scale"),
+    (["demo"], "--steps", "num_inference_steps"),
+    (["sample", "--model", "m", "--rae", "r", "--num", "4", "--out", "o.npz"], "--steps", "num_inference_steps"),
+    (["sample", "--model", "m", "--rae", "r", "--num", "4", "--out", "o.npz"], "--cfg-scale", "guidance_scale"),
+    (["eval", "shapes", "--out", "o"], "--num-steps", "num_inference_steps"),
+    (["eval", "shapes", "--out", "o"], "--cfg-scale", "guidance_scale")])
+def test_flags_of_earlier_releases_still_parse_unlisted(command, old, new, capsys):
+    from unimodal.cli import build_parser
+
+    assert getattr(build_parser().parse_args(command + [old, "3"]), new) == 3
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(command[:2 if command[0] == "eval" else 1] + ["--help"])
+    shown = capsys.readouterr().out
+    assert "--" + new.replace("_", "-") in shown and old + " " not in shown and old + "\n" not in shown
 
 
 @pytest.mark.skipif(not (SHIPPED_MODEL_DIR / "config.json").is_file(), reason="no shipped model in models/shapes")
@@ -130,3 +151,33 @@ def test_generate_help_states_the_shipped_models_prompt_limit(capsys):
     with pytest.raises(SystemExit):
         main(["generate", "--help"])
     assert f"({limit} for models/shapes)" in " ".join(capsys.readouterr().out.split())
+
+
+def test_an_unknown_option_shows_the_subcommands_usage(capsys):
+    for argv, prog in [(["generate", "a red square", "--bogus"], "unimodal generate"),
+                       (["train", "dit", "--config", "x.yaml", "--bogus"], "unimodal train dit"),
+                       (["eval", "geneval", "--metadata", "m", "--out", "o", "--bogus=1"], "unimodal eval geneval")]:
+        rc, err = _main(argv, capsys)
+        assert rc == 2 and f"usage: {prog} " in err and f"{prog}: error: unrecognized arguments: --bogus" in err, err
+
+
+def test_a_mistyped_override_is_named_as_an_option(capsys):
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "dit_tiny.yaml")
+    for override, message in [("--train.totl_steps=5", "no 'totl_steps' in train"),
+                              ("totl_steps=5", "no 'totl_steps';")]:
+        rc, err = _main(["train", "dit", "--config", config, override], capsys)
+        assert rc == 2 and f"unknown option or override key '{override}': {message}" in err, err
+        assert "yaml" not in err
+
+
+def test_eval_defaults_to_the_model_every_command_uses(model_dir, monkeypatch, capsys):
+    from unimodal.cli import build_parser
+    from unimodal.commands import eval as eval_command
+
+    monkeypatch.setenv("UNIMODAL_MODEL", str(model_dir))
+    for argv in (["eval", "geneval", "--metadata", "m", "--out", "o"], ["eval", "shapes", "--out", "o"]):
+        assert eval_command._options(build_parser().parse_args(argv)).model == str(model_dir)
+    for argv in (["chat", "--help"], ["serve", "--help"], ["eval", "geneval", "--help"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert "else the shipped Shapes model" in " ".join(capsys.readouterr().out.split())

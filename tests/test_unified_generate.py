@@ -45,9 +45,9 @@ def test_batched_equals_unbatched(model):
         alone = decode_text(model, _question_batch(model, lat[i:i + 1], [q]), lat[i:i + 1], max_new_tokens=8, stop_ids=[])
         assert alone[0] == batched[i]
     prompts = ["a red square on blue", "a much longer prompt with many words in it", "x"]
-    together = generate_images(model, prompts, n=2, num_steps=2, decode=False, seed=5)
+    together = generate_images(model, prompts, n=2, num_inference_steps=2, decode=False, seed=5)
     for i, p in enumerate(prompts):
-        alone = generate_images(model, p, n=2, num_steps=2, decode=False, seed=5)
+        alone = generate_images(model, p, n=2, num_inference_steps=2, decode=False, seed=5)
         for a, b in zip(alone.candidates[0], together.candidates[i]):
             assert a.index == b.index and a.seed == b.seed
             torch.testing.assert_close(a.latent, b.latent, rtol=0, atol=1e-4)
@@ -55,7 +55,7 @@ def test_batched_equals_unbatched(model):
 
 
 def test_candidates_regenerate_from_seed_prompt_index(model):
-    out = generate_images(model, "a red square on blue", n=4, keep=2, judge="likelihood", num_steps=2, seed=11)
+    out = generate_images(model, "a red square on blue", n=4, keep=2, judge="likelihood", num_inference_steps=2, seed=11)
     cands = out.candidates[0]
     assert [c.kept for c in cands] == [True, True, False, False]
     assert [c.likelihood for c in cands] == sorted([c.likelihood for c in cands], reverse=True)
@@ -63,11 +63,11 @@ def test_candidates_regenerate_from_seed_prompt_index(model):
     for c in cands:
         assert c.seed == sample_seed(11, "a red square on blue", c.index)
     # Candidate 3 alone: n=4 regenerates the same 4 noises; seed changes them.
-    again = generate_images(model, "a red square on blue", n=4, judge=None, num_steps=2, seed=11, decode=False)
+    again = generate_images(model, "a red square on blue", n=4, judge=None, num_inference_steps=2, seed=11, decode=False)
     by_index = {c.index: c for c in cands}
     for c in again.candidates[0]:
         assert torch.equal(c.latent, by_index[c.index].latent)
-    other = generate_images(model, "a red square on blue", n=1, judge=None, num_steps=2, seed=12, decode=False)
+    other = generate_images(model, "a red square on blue", n=1, judge=None, num_inference_steps=2, seed=12, decode=False)
     assert not torch.equal(other.candidates[0][0].latent, by_index[0].latent)
     with pytest.raises(ValueError, match="needs a judge"):
         generate_images(model, "x", n=2, keep=1, judge=None)
@@ -96,7 +96,7 @@ def test_sampling_top_p():
 
 def test_session_draws_then_reads_its_own_image(model):
     chat = model.chat
-    s = Session(model, seed=4, num_steps=2)
+    s = Session(model, seed=4, num_inference_steps=2)
     s.user("Generate an image: a red square on blue")
     # Force the model to draw: make <|vision_start|> the greedy choice once.
     orig = model.logits

@@ -32,7 +32,7 @@ def model():
 def test_full_path_shapes(model):
     cfg = model.config
     n, c = cfg.num_latent_tokens, cfg.latent_dim
-    out = generate_images(model, ["a red square on blue", "a green square on red"], n=2, keep=1, num_steps=2)
+    out = generate_images(model, ["a red square on blue", "a green square on red"], n=2, keep=1, num_inference_steps=2)
     assert len(out.candidates) == 2 and all(len(cs) == 2 for cs in out.candidates)
     kept = out.kept(0)[0]
     assert kept.latent.shape == (n, c) and kept.image.shape == (3, 32, 32)
@@ -92,8 +92,8 @@ def test_null_condition_ignores_the_condition(model):
         assert torch.equal(model.dit(x, t, c1, drop=drop), model.dit(x, t, c2, drop=drop))
         assert not torch.allclose(model.dit(x, t, c1, drop=~drop), model.dit(x, t, c2, drop=~drop))
         # Guidance uses that null branch: a guided sample differs from an unguided one.
-        a = generate_images(model, "a red square on blue", judge=None, num_steps=2, cfg_scale=1.0, decode=False)
-        b = generate_images(model, "a red square on blue", judge=None, num_steps=2, cfg_scale=3.0, decode=False)
+        a = generate_images(model, "a red square on blue", judge=None, num_inference_steps=2, guidance_scale=1.0, decode=False)
+        b = generate_images(model, "a red square on blue", judge=None, num_inference_steps=2, guidance_scale=3.0, decode=False)
     assert not torch.allclose(a.candidates[0][0].latent, b.candidates[0][0].latent)
 
 
@@ -107,8 +107,8 @@ def test_save_load_round_trip_bit_exact(model, tmp_path):
     a, b = model.state_dict(), loaded.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert loaded.tokenizer.get_vocab() == model.tokenizer.get_vocab()
-    ga = generate_images(model, "a red square on blue", n=2, num_steps=2, seed=3)
-    gb = generate_images(loaded, "a red square on blue", n=2, num_steps=2, seed=3)
+    ga = generate_images(model, "a red square on blue", n=2, num_inference_steps=2, seed=3)
+    gb = generate_images(loaded, "a red square on blue", n=2, num_inference_steps=2, seed=3)
     for ca, cb in zip(ga.candidates[0], gb.candidates[0]):
         assert torch.equal(ca.latent, cb.latent) and ca.yes_prob == cb.yes_prob
 
@@ -152,3 +152,13 @@ def test_config_checks():
         UnifiedConfig.from_dict({**cfg.to_dict(), "dit": {**cfg.dit.to_dict(), "cond_mode": "class"}})
     assert UnifiedConfig.from_dict(json.loads(cfg.to_json_string())) == cfg
     assert tiny_tokenizer() is not None
+
+
+def test_config_json_with_the_sampling_keys_of_earlier_releases_loads():
+    old = tiny_unified_config().to_dict()
+    old["cfg_scale"], old["num_steps"] = old.pop("guidance_scale") + 1.0, 3
+    del old["num_inference_steps"]
+    config = UnifiedConfig.from_dict(old)
+    assert (config.guidance_scale, config.num_inference_steps) == (2.0, 3)
+    with pytest.raises(ConfigError, match="dit.sampler must be null"):
+        tiny_unified_config(dit={**old["dit"], "sampler": {}})

@@ -5,7 +5,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from unimodal.train.config import TrainConfig
 from unimodal.train.engine import TrainEngine
+from unimodal.unified import loss as loss_module
 from unimodal.unified.chat import collate
 from unimodal.unified.data import TaskMix, make_batch, make_chats
 from unimodal.unified.generate import prompt_likelihood
@@ -26,17 +28,16 @@ def test_joint_loss_falls_on_a_tiny_batch():
     configure_trainable(m, "full")
     caps, lat = _toy(m, 6)
     batch = make_batch(m.chat, caps, TaskMix(), random.Random(0), tasks=["t2i", "caption", "judge"] * 2)
-    engine = TrainEngine(JointLoss(m), param_groups(m, llm_lr=3e-3, dit_lr=3e-3), lr=3e-3, min_lr=3e-3,
-                         total_steps=10, grad_clip=1.0)
+    engine = TrainEngine(JointLoss(m), TrainConfig(lr=3e-3, min_lr=3e-3, total_steps=10, grad_clip=1.0),
+                         param_groups(m, llm_lr=3e-3, dit_lr=3e-3))
     gen = torch.Generator().manual_seed(0)
     losses = []
     for _ in range(8):
-        m.dit.sample_drop = lambda b, d: torch.zeros(b, dtype=torch.bool)  # fixed objective, no dropout noise
+        # The same time, noise and dropout draws every step: a fixed objective.
         out = joint_loss(m, batch, lat, generator=gen.manual_seed(0))
         engine.backward(out.loss)
         engine.step()
         losses.append((out.ce.item(), out.fm.item()))
-    del m.dit.sample_drop
     assert out.num_images == 2 and out.num_text_tokens > 0
     assert losses[-1][0] < 0.75 * losses[0][0] and losses[-1][1] < losses[0][1]
 
@@ -62,7 +63,7 @@ def test_fm_repeats_noise_each_target_k_times_under_one_condition():
         JointLoss(m, fm_repeats=0)
 
 
-def test_condition_dropout_cuts_the_llm_out_of_the_flow_loss():
+def test_condition_dropout_cuts_the_llm_out_of_the_flow_loss(monkeypatch):
     m = tiny_model(seed=0)
     configure_trainable(m, "full")
     caps, lat = _toy(m, 2)
@@ -71,11 +72,10 @@ def test_condition_dropout_cuts_the_llm_out_of_the_flow_loss():
     with torch.no_grad():            # leave adaLN-Zero's zeros, which would block every condition gradient
         for p in m.dit.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-    m.dit.sample_drop = lambda b, d: torch.ones(b, dtype=torch.bool)
+    monkeypatch.setattr(loss_module, "sample_drop", lambda b, p, **kw: torch.ones(b, dtype=torch.bool))
     out = joint_loss(m, batch, lat, fm_weight=1.0)
     assert out.num_text_tokens == 0 and out.num_images == 2
     out.loss.backward()
-    del m.dit.sample_drop
     assert all(p.grad is None or not p.grad.any() for p in m.connector.parameters())
     assert all(p.grad is None or not p.grad.any() for p in m.queries.parameters())
     assert m.dit.y_embedder.dropout_embedding.grad.abs().sum() > 0

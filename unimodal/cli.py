@@ -10,7 +10,7 @@ import importlib
 import sys
 
 from unimodal import __version__
-from unimodal.config import ConfigError, InputError
+from unimodal.config import ConfigError, InputError, UserError
 
 # Module names under unimodal.commands, in the order `--help` lists them.
 COMMAND_MODULES = [
@@ -45,8 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class UserError(Exception):
-    """A bad input from the user: printed as one line, exit status 2."""
+def command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The deepest sub-parser `args` went through (`unimodal train dit` -> the `dit` parser), so an
+    error shows that command's usage, not the root one. argparse keeps sub-parsers only in its
+    private `_actions`."""
+    while True:
+        action = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        chosen = getattr(args, action.dest, None) if action else None
+        if chosen not in getattr(action, "choices", {}):
+            return parser
+        parser = action.choices[chosen]
 
 
 # The user's errors, each printed as one line "unimodal COMMAND: error: ..." with its exit status:
@@ -62,11 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     if extras:
         # Only commands that take config overrides accept `--key=value` beyond their own flags.
         if not hasattr(args, "overrides") or any("=" not in e for e in extras):
-            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+            command_parser(parser, args).error(f"unrecognized arguments: {' '.join(extras)}")
         args.overrides = list(args.overrides) + extras
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.command is None else 2
+    # The Shapes world is the embedded default data: importing it adds `data.source=shapes` for every
+    # command. Here, not at the top, so that `unimodal --help` stays instant (it imports torch).
+    import unimodal.shapes  # noqa: F401
     return run_command(args, f"unimodal {args.command}", debug=args.debug)
 
 

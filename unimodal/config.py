@@ -29,6 +29,11 @@ class InputError(ValueError):
     message is one line naming it and why. The CLI prints it and exits 1, like any failed run."""
 
 
+class UserError(Exception):
+    """A bad input from the user (a flag, a combination of flags, a file that is not what it must
+    be): the CLI prints it as one line and exits 2."""
+
+
 def _is_config_type(tp: Any) -> bool:
     return isinstance(tp, type) and issubclass(tp, Config)
 
@@ -109,6 +114,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 class Config:
     """Base class: JSON round trip with strict keys and types."""
 
+    # Keys renamed since files were written, old name -> new name: applied when reading, so a
+    # config.json, checkpoint or session saved under an old name still loads.
+    renamed: typing.ClassVar[dict[str, str]] = {}
+
     def to_dict(self) -> dict[str, Any]:
         out = {}
         for f in dataclasses.fields(self):
@@ -123,6 +132,7 @@ class Config:
     @classmethod
     def from_dict(cls: type[C], data: dict[str, Any], _where: str | None = None) -> C:
         where = _where or cls.__name__
+        data = {cls.renamed.get(k, k): v for k, v in data.items()}
         hints = typing.get_type_hints(cls)
         names = {f.name for f in dataclasses.fields(cls) if f.init}
         unknown = sorted(set(data) - names)
@@ -179,11 +189,31 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.replace("-", "_").split("."), value
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply dotted overrides to a nested dict; validation of keys and types happens in from_dict."""
+def _check_override_key(schema: type[Config], text: str, path: list[str]) -> None:
+    """Raise unless `path` names a field of `schema` (through its nested sections). Checked before
+    the merge, so a typo on the command line is reported as such, not as a key of the YAML file."""
+    cls = schema
+    for depth, part in enumerate(path):
+        part = cls.renamed.get(part, part)
+        names = {f.name for f in dataclasses.fields(cls) if f.init}
+        if part not in names:
+            section = f" in {'.'.join(path[:depth])}" if depth else ""
+            raise ConfigError(f"unknown option or override key {text!r}: no {part!r}{section}; "
+                              f"valid keys are {sorted(names)}")
+        tp, _ = _unwrap_optional(typing.get_type_hints(cls)[part])
+        if not _is_config_type(tp):
+            return  # a value or a free-form mapping: from_dict checks it
+        cls = tp
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], schema: type[Config] | None = None) -> dict[str, Any]:
+    """Apply dotted overrides to a nested dict. With `schema`, each key must be one of its fields;
+    the merged values are checked by from_dict."""
     data = json.loads(json.dumps(data))
     for text in overrides:
         path, value = parse_override(text)
+        if schema is not None:
+            _check_override_key(schema, text, path)
         node = data
         for part in path[:-1]:
             child = node.setdefault(part, {})
@@ -221,5 +251,5 @@ def load_config(cls: type[C], path: str | os.PathLike | None = None, overrides: 
     data: dict[str, Any] = {}
     if path is not None:
         data = read_yaml_mapping(path)
-    data = apply_overrides(data, list(overrides))
+    data = apply_overrides(data, list(overrides), schema=cls)
     return cls.from_dict(data, _where=Path(path).name if path else cls.__name__)

@@ -75,9 +75,10 @@ class ChatBackend:
 
     # ------------------------------------------------------------------ defaults for the UI
     def default_settings(self) -> ChatSettings:
-        cfg = self.model.config
-        return ChatSettings(steps=min(cfg.num_steps, self.limits.max_steps), cfg=min(cfg.cfg_scale, self.limits.max_cfg),
-                            tokens=min(64, self.limits.max_tokens), auto_critique=True)
+        config, lim = self.model.config, self.limits
+        return ChatSettings(num_inference_steps=min(config.num_inference_steps, lim.max_num_inference_steps),
+                            guidance_scale=min(config.guidance_scale, lim.max_guidance_scale),
+                            tokens=min(64, lim.max_tokens), auto_critique=True)
 
     # ------------------------------------------------------------------ conversations
     def new_conversation(self) -> str:
@@ -107,8 +108,8 @@ class ChatBackend:
         return list(conv.gallery) if conv else []
 
     # ------------------------------------------------------------------ checks
-    def _settings(self, seed, steps, cfg, n) -> dict:
-        """UI values -> checked setting values; None keeps the current one. ValueError names the
+    def _settings(self, seed, num_inference_steps, guidance_scale, n) -> dict:
+        """UI values -> checked ChatSettings values; None keeps the current one. ValueError names the
         limit a value breaks."""
         lim = self.limits
 
@@ -125,8 +126,10 @@ class ChatBackend:
                 return int(v)
             return v
 
-        bounds = {"seed": (seed, "seed", 0, lim.max_seed, True), "steps": (steps, "steps", 1, lim.max_steps, True),
-                  "cfg": (cfg, "guidance", 0, lim.max_cfg, False), "n": (n, "N", 1, lim.max_n, True)}
+        bounds = {"seed": (seed, "seed", 0, lim.max_seed, True),
+                  "num_inference_steps": (num_inference_steps, "steps", 1, lim.max_num_inference_steps, True),
+                  "guidance_scale": (guidance_scale, "guidance", 0, lim.max_guidance_scale, False),
+                  "n": (n, "N", 1, lim.max_n, True)}
         return {key: number(*args) for key, args in bounds.items() if args[0] is not None and args[0] != ""}
 
     def check_upload(self, path: str | os.PathLike) -> None:
@@ -167,8 +170,8 @@ class ChatBackend:
             conv.add(shown, result.text)
             return Reply(list(conv.messages), list(conv.gallery), result.text if result.error else None)
 
-    def send(self, cid: str, message: str, upload: str | None = None, *, seed=None, steps=None, cfg=None, n=None,
-             progress: Callable[[str], None] | None = None) -> Reply:
+    def send(self, cid: str, message: str, upload: str | None = None, *, seed=None, num_inference_steps=None,
+             guidance_scale=None, n=None, progress: Callable[[str], None] | None = None) -> Reply:
         """The chat box: a message or command (see `unimodal.chat.syntax`), or a question about an upload."""
         message = (message or "").strip()
         shown = message + (f"\n[image: {Path(upload).name}]" if upload else "")
@@ -190,9 +193,9 @@ class ChatBackend:
                 raise ValueError("close the tab to leave; the conversation is kept until the server restarts")
             return engine.run(request)
 
-        return self._run(cid, shown or "(empty)", make, (seed, steps, cfg, n), progress)
+        return self._run(cid, shown or "(empty)", make, (seed, num_inference_steps, guidance_scale, n), progress)
 
-    def draw(self, cid: str, prompt: str, *, seed=None, steps=None, cfg=None, n=None,
+    def draw(self, cid: str, prompt: str, *, seed=None, num_inference_steps=None, guidance_scale=None, n=None,
              progress: Callable[[str], None] | None = None) -> Reply:
         """The Draw button: best-of-N for `prompt`, judged and captioned."""
         prompt = (prompt or "").strip()
@@ -202,7 +205,7 @@ class ChatBackend:
                 raise ValueError("the prompt is empty: type what to draw")
             return engine.run(Request("image", text=prompt))
 
-        return self._run(cid, f"/image {prompt}", make, (seed, steps, cfg, n), progress)
+        return self._run(cid, f"/image {prompt}", make, (seed, num_inference_steps, guidance_scale, n), progress)
 
     def critique(self, cid: str, progress: Callable[[str], None] | None = None) -> Reply:
         return self._run(cid, "/critique", lambda engine: engine.run(Request("critique")), None, progress)

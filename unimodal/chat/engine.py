@@ -22,7 +22,7 @@ import torch
 
 from unimodal.chat.settings import ChatSettings, ServeLimits
 from unimodal.chat.store import SessionStore, to_pil
-from unimodal.chat.syntax import HELP, SETTING_NAMES, Request, apply_setting, parse_line
+from unimodal.chat.syntax import HELP, SETTINGS, Request, apply_setting, parse_line, setting_field
 from unimodal.config import ConfigError
 from unimodal.data.images import BadImageError
 
@@ -172,27 +172,28 @@ class ChatEngine:
     # ------------------------------------------------------------------ settings
     def _settings_text(self) -> str:
         s = self.settings
-        steps = s.steps if s.steps is not None else f"default ({self.model.config.num_steps})"
-        cfg = s.cfg if s.cfg is not None else f"default ({self.model.config.cfg_scale})"
-        return f"seed {s.seed} | steps {steps} | cfg {cfg} | n {s.n} | tokens {s.tokens}"
+        config = self.model.config
+        steps = s.num_inference_steps if s.num_inference_steps is not None else f"default ({config.num_inference_steps})"
+        guidance = s.guidance_scale if s.guidance_scale is not None else f"default ({config.guidance_scale})"
+        return f"seed {s.seed} | steps {steps} | guidance {guidance} | n {s.n} | tokens {s.tokens}"
 
     def _set(self, request: Request) -> TurnResult:
         if request.value is None:
-            return TurnResult(f"{request.name} = {getattr(self.settings, request.name)}")
+            return TurnResult(f"{request.name} = {getattr(self.settings, setting_field(request.name))}")
         new = apply_setting(self.settings, request.name, request.value)
         if self.limits is not None:
             self.limits.check(new)
         self.settings = new
-        record = self._record(request, f"{request.name} = {getattr(new, request.name)}")
+        record = self._record(request, f"{request.name} = {getattr(new, setting_field(request.name))}")
         self._commit(record)
         return TurnResult(record.reply, record=record)
 
     def set_settings(self, **values) -> None:
         """Change several settings at once (the web UI's controls); recorded as /NAME turns."""
-        for name in SETTING_NAMES:
-            if name in values and values[name] != getattr(self.settings, name):
-                value = "default" if values[name] is None else str(values[name])
-                self._set(Request("set", name=name, value=value))
+        for word, field in SETTINGS.items():
+            if field in values and values[field] != getattr(self.settings, field):
+                value = "default" if values[field] is None else str(values[field])
+                self._set(Request("set", name=word, value=value))
 
     def _history_text(self) -> str:
         lines = []
@@ -216,10 +217,10 @@ class ChatEngine:
         if not prompt.strip():
             raise ValueError("the prompt is empty")
         s = self.settings
-        steps = s.steps or self.model.config.num_steps
+        steps = s.num_inference_steps or self.model.config.num_inference_steps
         self.progress(f"drawing {n} candidate{'s' * (n > 1)} with {steps} steps, then judging")
         out = generate_images(self.model, prompt, n=n, keep=1, judge="yes_prob", seed=s.seed,
-                              num_steps=s.steps, cfg_scale=s.cfg)
+                              num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale)
         turn = len(self.turns)
         records, shown = [], []
         for c in out.candidates[0]:                                   # best first
@@ -277,7 +278,7 @@ class ChatEngine:
         return self._session is None or self._session.length + need <= limit
 
     def _converse(self, request: Request, image_file: str | None = None) -> TurnResult:
-        from unimodal.commands._unified_io import load_image
+        from unimodal.unified.io import load_image
         from unimodal.unified.chat import CAPTION_QUESTION
         from unimodal.unified.session import Session
 
@@ -291,7 +292,7 @@ class ChatEngine:
         if self._session is None:
             self._session = Session(self.model)
         session = self._session
-        session.seed, session.num_steps, session.cfg_scale = s.seed, s.steps, s.cfg
+        session.seed, session.num_inference_steps, session.guidance_scale = s.seed, s.num_inference_steps, s.guidance_scale
         turn_index = len(self.turns)
         self.progress("thinking")
         try:

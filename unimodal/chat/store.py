@@ -108,10 +108,6 @@ class SessionStore:
             store.path(rel)
         return store
 
-    @classmethod
-    def open_or_create(cls, root: str | os.PathLike, model: str, settings: dict) -> "SessionStore":
-        return cls.open(root) if cls.is_session(root) else cls.create(root, model, settings)
-
     # ------------------------------------------------------------------ contents
     @property
     def turns(self) -> list[dict]:
@@ -139,7 +135,7 @@ class SessionStore:
         return rel
 
     def read_latent(self, rel: str) -> torch.Tensor:
-        from unimodal.commands._unified_io import load_latent
+        from unimodal.unified.io import load_latent
 
         return load_latent(self.path(rel))
 

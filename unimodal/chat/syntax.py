@@ -7,8 +7,8 @@
                            mean token log-likelihood as its description, and the model's own caption
     /ask PATH [QUESTION]   ask about an image file (quote a PATH with spaces: /ask "my pic.png" ...)
     TEXT                   any other line is a message to the model, about the last image if any
-    /seed S  /steps T  /cfg W  /n N  /tokens K
-                           settings (no value: show it; "default" for steps / cfg: the model's)
+    /seed S  /steps T  /guidance W  /n N  /tokens K
+                           settings (no value: show it; "default" for steps / guidance: the model's)
     /settings  /history  /help  /quit
 """
 from __future__ import annotations
@@ -21,7 +21,11 @@ from typing import Literal
 HELP = __doc__.split("\n\n", 1)[1].rstrip()
 
 Kind = Literal["image", "best", "critique", "ask", "say", "set", "show", "history", "help", "quit"]
-SETTING_NAMES = ("seed", "steps", "cfg", "n", "tokens")
+# Setting command word -> its ChatSettings field. The words stay short to type; /cfg, the word of
+# earlier releases, still works and replays the sessions they recorded.
+SETTINGS = {"seed": "seed", "steps": "num_inference_steps", "guidance": "guidance_scale", "n": "n", "tokens": "tokens"}
+SETTING_NAMES = tuple(SETTINGS)
+_SETTING_ALIASES = {"cfg": "guidance"}
 _DRAW_WORDS = re.compile(r"^(draw|paint|generate)(\s+me)?\b[\s:,]*", re.IGNORECASE)
 
 
@@ -90,14 +94,15 @@ def parse_line(line: str) -> Request | None:
             raise ValueError("usage: /ask PATH [QUESTION]")
         path, question = _split_path(rest)
         return Request("ask", text=question, path=path)
-    if cmd in SETTING_NAMES:
-        return Request("set", name=cmd, value=rest or None)
+    if cmd in SETTINGS or cmd in _SETTING_ALIASES:
+        return Request("set", name=_SETTING_ALIASES.get(cmd, cmd), value=rest or None)
     if cmd in ("settings", "set"):
         if rest:  # "/set seed 3" as an alias of "/seed 3"
             parts = shlex.split(rest)
-            if parts[0] not in SETTING_NAMES or len(parts) > 2:
+            name = _SETTING_ALIASES.get(parts[0], parts[0])
+            if name not in SETTINGS or len(parts) > 2:
                 raise ValueError(f"usage: /set NAME [VALUE] with NAME one of {', '.join(SETTING_NAMES)}")
-            return Request("set", name=parts[0], value=parts[1] if len(parts) > 1 else None)
+            return Request("set", name=name, value=parts[1] if len(parts) > 1 else None)
         return Request("show")
     if cmd == "history":
         return Request("history")
@@ -108,15 +113,23 @@ def parse_line(line: str) -> Request | None:
     raise ValueError(f"unknown command /{cmd}; /help lists the commands")
 
 
-def apply_setting(settings, name: str, value: str):
-    """A new ChatSettings with `name` set from its text `value` (ConfigError / ValueError if bad)."""
-    if name not in SETTING_NAMES:
+def setting_field(name: str) -> str:
+    """The ChatSettings field of a setting command word (ValueError for an unknown one)."""
+    field = SETTINGS.get(_SETTING_ALIASES.get(name, name))
+    if field is None:
         raise ValueError(f"unknown setting {name!r}; settings are {', '.join(SETTING_NAMES)}")
-    if name in ("steps", "cfg") and value.lower() in ("default", "none"):
-        return settings.replace(**{name: None})
+    return field
+
+
+def apply_setting(settings, name: str, value: str):
+    """A new ChatSettings with the setting word `name` set from its text `value` (ConfigError /
+    ValueError if bad)."""
+    field = setting_field(name)
+    if field in ("num_inference_steps", "guidance_scale") and value.lower() in ("default", "none"):
+        return settings.replace(**{field: None})
     try:
-        parsed = float(value) if name == "cfg" else int(value)
+        parsed = float(value) if field == "guidance_scale" else int(value)
     except ValueError:
-        kind = "a number" if name == "cfg" else "a whole number"
+        kind = "a number" if field == "guidance_scale" else "a whole number"
         raise ValueError(f"{name} must be {kind}, got {value!r}") from None
-    return settings.replace(**{name: parsed})
+    return settings.replace(**{field: parsed})

@@ -52,15 +52,16 @@ def build_app(backend: ChatBackend):
         status = f"{WARN}{as_text(reply.error)}" if reply.error else ""
         return cid, messages, gallery, status
 
-    def on_send(cid, message, upload, seed, steps, cfg, n, progress=gr.Progress()):
+    def on_send(cid, message, upload, seed, steps, guidance, n, progress=gr.Progress()):
         cid = cid or backend.new_conversation()
-        reply = backend.send(cid, message, upload, seed=seed, steps=steps, cfg=cfg, n=n,
+        reply = backend.send(cid, message, upload, seed=seed, num_inference_steps=steps, guidance_scale=guidance, n=n,
                              progress=_progress_callback(progress))
         return (*outputs_of(cid, reply), "", None)
 
-    def on_draw(cid, message, seed, steps, cfg, n, progress=gr.Progress()):
+    def on_draw(cid, message, seed, steps, guidance, n, progress=gr.Progress()):
         cid = cid or backend.new_conversation()
-        reply = backend.draw(cid, message, seed=seed, steps=steps, cfg=cfg, n=n, progress=_progress_callback(progress))
+        reply = backend.draw(cid, message, seed=seed, num_inference_steps=steps, guidance_scale=guidance, n=n,
+                             progress=_progress_callback(progress))
         return (*outputs_of(cid, reply), "" if reply.error is None else message)
 
     def on_critique(cid, progress=gr.Progress()):
@@ -89,15 +90,17 @@ def build_app(backend: ChatBackend):
                                      format="png", object_fit="contain", height=420, interactive=False)
                 with gr.Accordion("Settings", open=True):
                     seed = gr.Number(defaults.seed, label="seed", precision=0, minimum=0, maximum=lim.max_seed, elem_id="seed")
-                    steps = gr.Slider(1, lim.max_steps, defaults.steps, step=1, label="steps", elem_id="steps")
-                    cfg = gr.Slider(1, lim.max_cfg, defaults.cfg, step=0.1, label="guidance (1 = off)", elem_id="cfg")
+                    steps = gr.Slider(1, lim.max_num_inference_steps, defaults.num_inference_steps, step=1, label="steps",
+                                      elem_id="steps")
+                    guidance = gr.Slider(1, lim.max_guidance_scale, defaults.guidance_scale, step=0.1,
+                                         label="guidance (1 = off)", elem_id="guidance")
                     n = gr.Slider(1, lim.max_n, defaults.n, step=1, label="N (candidates, the best kept)", elem_id="n")
         model_events = dict(concurrency_limit=1, concurrency_id="model")
         send_outputs = [cid, chat, gallery, status, message, upload]
-        send_inputs = [cid, message, upload, seed, steps, cfg, n]
+        send_inputs = [cid, message, upload, seed, steps, guidance, n]
         send.click(on_send, send_inputs, send_outputs, api_name="send", **model_events)
         message.submit(on_send, send_inputs, send_outputs, api_visibility="private", **model_events)
-        draw.click(on_draw, [cid, message, seed, steps, cfg, n], [cid, chat, gallery, status, message],
+        draw.click(on_draw, [cid, message, seed, steps, guidance, n], [cid, chat, gallery, status, message],
                    api_name="draw", **model_events)
         critique.click(on_critique, [cid], [cid, chat, gallery, status], api_name="critique", **model_events)
     return app

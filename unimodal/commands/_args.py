@@ -52,4 +52,18 @@ def text_arg(text: str) -> str:
 # Help texts that state the bounds, shared so every command words them alike.
 N_HELP = f"candidates per prompt, 1..{MAX_CANDIDATES}"
 STEPS_HELP = f"DiT sampling steps, 1..{MAX_STEPS} (default: the model's)"
-CFG_HELP = "classifier-free guidance scale > 0 (1 = off; default: the model's)"
+GUIDANCE_HELP = "classifier-free guidance scale > 0 (1 = off; default: the model's)"
+
+
+# Every command takes the diffusers names. The flag a command had before (--steps, --num-steps,
+# --cfg, --cfg-scale) still parses, unlisted, because scripts and the README of earlier releases use it.
+def add_steps_arg(p: argparse.ArgumentParser, old_flag: str) -> None:
+    """--num-inference-steps (dest num_inference_steps), and `old_flag` as its hidden alias."""
+    p.add_argument("--num-inference-steps", type=int_in(1, MAX_STEPS), default=None, help=STEPS_HELP)
+    p.add_argument(old_flag, dest="num_inference_steps", type=int_in(1, MAX_STEPS), default=None, help=argparse.SUPPRESS)
+
+
+def add_guidance_arg(p: argparse.ArgumentParser, old_flag: str) -> None:
+    """--guidance-scale (dest guidance_scale), and `old_flag` as its hidden alias."""
+    p.add_argument("--guidance-scale", type=positive_float, default=None, help=GUIDANCE_HELP)
+    p.add_argument(old_flag, dest="guidance_scale", type=positive_float, default=None, help=argparse.SUPPRESS)

@@ -28,12 +28,12 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from tqdm.auto import tqdm
 
-    from unimodal.cli import UserError
+    from unimodal.config import UserError
     from unimodal.config import ConfigError, load_config
     from unimodal.data.dataset import DataConfig, ImageDataset, build_image_dataset
     from unimodal.data.latent_cache import write_latent_cache
     from unimodal.rae.autoencoder import RAE
-    from unimodal.train.distributed import cleanup, init_distributed
+    from unimodal.utils.distributed import cleanup, init_distributed
 
     if args.batch_size < 1 or args.shard_size < 1 or args.limit < 0:
         raise UserError("--batch-size and --shard-size must be >= 1 and --limit >= 0")

@@ -12,7 +12,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from unimodal.commands._args import CFG_HELP, MAX_CANDIDATES, MAX_STEPS, N_HELP, STEPS_HELP, int_in, positive_float
+from unimodal.commands._args import MAX_CANDIDATES, N_HELP, add_guidance_arg, add_steps_arg, int_in
 
 
 def add_parser(subparsers) -> None:
@@ -21,15 +21,15 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("chat", help="chat with the model: draw, critique, best-of-N, ask about images",
                               description=__doc__, epilog="commands in the chat:\n" + HELP,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None, help="unified model directory; required until a default model ships "
-                                                  "(default: the session's, else $UNIMODAL_MODEL)")
+    p.add_argument("--model", default=None, help="unified model directory (default: the session's, else $UNIMODAL_MODEL, "
+                                                  "else the shipped Shapes model)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--session", default=None, help="session folder: continued if it holds one, else created")
     p.add_argument("--replay", default=None, metavar="DIR", help="run the saved session DIR again (needs --out)")
     p.add_argument("--out", default=None, metavar="DIR2", help="where --replay writes the new session")
     p.add_argument("--seed", type=int_in(0), default=None)
-    p.add_argument("--steps", type=int_in(1, MAX_STEPS), default=None, help=STEPS_HELP)
-    p.add_argument("--cfg", type=positive_float, default=None, help=CFG_HELP)
+    add_steps_arg(p, "--steps")
+    add_guidance_arg(p, "--cfg")
     p.add_argument("--n", type=int_in(1, MAX_CANDIDATES), default=None, help=N_HELP + " (per /image, best kept)")
     p.set_defaults(func=run)
 
@@ -50,7 +50,7 @@ def run(args) -> int:
     from unimodal.chat.repl import StatusLine, run_repl
     from unimodal.chat.settings import ChatSettings
     from unimodal.chat.store import SessionStore
-    from unimodal.cli import UserError
+    from unimodal.config import UserError
 
     if args.replay is not None:
         if args.out is None:
@@ -71,7 +71,7 @@ def run(args) -> int:
     session_dir = Path(args.session) if args.session else Path("outputs/chat") / datetime.now().strftime("%Y%m%d-%H%M%S")
     existing = SessionStore.open(session_dir) if SessionStore.is_session(session_dir) else None
     path, model = _load(args.model, existing.data.get("model") if existing else None, args.device)
-    flags = {k: v for k, v in (("seed", args.seed), ("steps", args.steps), ("cfg", args.cfg), ("n", args.n)) if v is not None}
+    flags = {k: getattr(args, k) for k in ("seed", "num_inference_steps", "guidance_scale", "n") if getattr(args, k) is not None}
     if existing is not None:
         engine = ChatEngine.resume(model, existing)
         engine.set_settings(**flags)                  # recorded as turns, so a replay sees them

@@ -61,7 +61,7 @@ def _scale_rae_family(src: str) -> str:
 
 
 def run(args) -> int:
-    from unimodal.cli import UserError
+    from unimodal.config import UserError
     from unimodal.convert.common import ConversionError, parse_dtype, refuse_same_path
 
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from unimodal.commands._args import MAX_CANDIDATES, MAX_STEPS, STEPS_HELP, int_in, text_arg
+from unimodal.commands._args import MAX_CANDIDATES, add_steps_arg, int_in, text_arg
 
 # One ShapesEval prompt per tag (GenEval phrasing); their metadata lines let the scorer check them.
 DEMO_TAGS = ("single_object", "colors", "counting", "two_object", "color_attr", "position")
@@ -24,7 +24,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--prompt", action="append", default=None, type=text_arg,
                    help="a prompt of your own (repeatable); default: one ShapesEval prompt per GenEval tag")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int_in(1, MAX_STEPS), default=None, help=STEPS_HELP)
+    add_steps_arg(p, "--steps")
     p.set_defaults(func=run)
 
 
@@ -81,7 +81,8 @@ def run(args) -> int:
     model = UnifiedModel.from_pretrained(model_dir).eval()
     items, cfg = _demo_lines(args.prompt)
     prompts = [p for p, _ in items]
-    out = generate_images(model, prompts, n=args.n, keep=1, judge="yes_prob", seed=args.seed, num_steps=args.steps)
+    out = generate_images(model, prompts, n=args.n, keep=1, judge="yes_prob", seed=args.seed,
+                          num_inference_steps=args.num_inference_steps)
     for cands in out.candidates:   # the report shows every candidate, so decode the rejected ones too
         rejected = [c for c in cands if c.image is None]
         if rejected:
@@ -101,7 +102,8 @@ def run(args) -> int:
         print(f"> {prompt}\n  best of {args.n}: #{c.index}, judge P(yes)={c.yes_prob:.2f}{check}\n  caption: {text}")
     out_dir = Path(args.out)
     _report_png(rows, out.candidates, out_dir / "report.png")
-    report = {"model": str(model_dir.resolve()), "n": args.n, "seed": args.seed, "steps": args.steps,
+    report = {"model": str(model_dir.resolve()), "n": args.n, "seed": args.seed,
+              "num_inference_steps": args.num_inference_steps,
               "seconds": round(time.time() - t0, 1), "rows": rows}
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out_dir / 'report.png'} and {out_dir / 'report.json'} ({report['seconds']} s)")

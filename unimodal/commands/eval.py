@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from unimodal.commands._args import CFG_HELP, MAX_CANDIDATES, MAX_STEPS, STEPS_HELP, int_in, positive_float
+from unimodal.commands._args import MAX_CANDIDATES, add_guidance_arg, add_steps_arg, int_in
 
 # sub-command -> help
 BENCHMARKS = {
@@ -21,15 +21,16 @@ BENCHMARKS = {
 
 def _common(p: argparse.ArgumentParser, keep: int = 4, n: int | None = None) -> None:
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--model", default=None, help="unified model directory (UnifiedModel.save_pretrained)")
+    p.add_argument("--model", default=None,
+                   help="unified model directory (default: $UNIMODAL_MODEL, else the shipped Shapes model)")
     p.add_argument("--seed", type=int, default=0, help="run seed; prompt seeds derive from (seed, prompt index)")
     p.add_argument("--images-per-prompt", dest="keep", type=int_in(1, MAX_CANDIDATES), default=keep, metavar="K",
                    help=f"images written per prompt, 1..n ({keep})")
     p.add_argument("--n", type=int_in(1, MAX_CANDIDATES), default=n, help=f"candidates per prompt, 1..{MAX_CANDIDATES}; "
                    "> images-per-prompt keeps the best by the model's own judge (default: no selection)")
     p.add_argument("--judge", default="yes_prob", choices=["yes_prob", "likelihood"], help="self-verification score")
-    p.add_argument("--num-steps", type=int_in(1, MAX_STEPS), default=None, help=STEPS_HELP)
-    p.add_argument("--cfg-scale", type=positive_float, default=None, help=CFG_HELP)
+    add_steps_arg(p, "--num-steps")
+    add_guidance_arg(p, "--cfg-scale")
     p.add_argument("--batch-size", type=int_in(1), default=16, help="candidates per DiT batch")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
     g = p.add_argument_group("sharding (global prompt indices; shards never collide)")
@@ -83,10 +84,14 @@ def add_parser(subparsers) -> None:
 
 def _options(args):
     from unimodal.evaluation.runners import RunOptions
+    from unimodal.shipped import resolve_model_dir
 
     n = args.n if args.n is not None else args.keep
-    return RunOptions(out=args.out, model=args.model, seed=args.seed, n=n, keep=args.keep, judge=args.judge,
-                      num_steps=args.num_steps, cfg_scale=args.cfg_scale, batch_size=args.batch_size,
+    # --check-only generates nothing, so it needs no model.
+    model = args.model if args.check_only else str(resolve_model_dir(args.model))
+    return RunOptions(out=args.out, model=model, seed=args.seed, n=n, keep=args.keep, judge=args.judge,
+                      num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
+                      batch_size=args.batch_size,
                       device=args.device, shard=args.shard, num_shards=args.num_shards, start=args.start,
                       end=args.end, overwrite=args.overwrite, save_rejected=args.save_rejected,
                       progress=args.progress, check_only=args.check_only)

@@ -1,4 +1,5 @@
-"""`unimodal generate "PROMPT" [...] --model DIR [--n N --keep K] [--seed S] [--steps T] [--cfg W] [--out DIR]`.
+"""`unimodal generate "PROMPT" [...] --model DIR [--n N --keep K] [--seed S] [--num-inference-steps T]
+[--guidance-scale W] [--out DIR]`.
 
 Writes, per kept candidate, a PNG and its latent (.safetensors, key "latent"), and one JSON
 manifest per prompt listing every candidate with its seed and judge scores. Names carry the prompt,
@@ -10,8 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from unimodal.commands._args import (CFG_HELP, MAX_CANDIDATES, MAX_STEPS, N_HELP, STEPS_HELP, int_in, positive_float,
-                                     text_arg)
+from unimodal.commands._args import MAX_CANDIDATES, N_HELP, add_guidance_arg, add_steps_arg, int_in, text_arg
 from unimodal.commands._unified_io import add_model_args, claim, load_model, slug
 
 
@@ -26,8 +26,8 @@ def add_parser(subparsers) -> None:
                    help="best candidates kept, 1..n (default: all n)")
     p.add_argument("--judge", choices=["yes_prob", "likelihood", "none"], default="yes_prob")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int_in(1, MAX_STEPS), default=None, help=STEPS_HELP)
-    p.add_argument("--cfg", type=positive_float, default=None, help=CFG_HELP)
+    add_steps_arg(p, "--steps")
+    add_guidance_arg(p, "--cfg")
     p.add_argument("--out", default="outputs/generate")
     p.set_defaults(func=run)
 
@@ -36,7 +36,7 @@ def run(args) -> int:
     from safetensors.torch import save_file
     from torchvision.utils import save_image
 
-    from unimodal.cli import UserError
+    from unimodal.config import UserError
     from unimodal.unified.generate import generate_images
 
     if args.keep is not None and args.keep > args.n:
@@ -46,7 +46,7 @@ def run(args) -> int:
     model = load_model(args)
     judge = None if args.judge == "none" else args.judge
     result = generate_images(model, args.prompts, n=args.n, keep=args.keep, judge=judge, seed=args.seed,
-                             num_steps=args.steps, cfg_scale=args.cfg)
+                             num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale)
     out = Path(args.out)
     for prompt, cands in zip(result.prompts, result.candidates):
         stem = f"{slug(prompt)}-seed{args.seed}"
@@ -62,7 +62,8 @@ def run(args) -> int:
             rows.append(row)
         manifest = claim(out, stem, ".json")
         manifest.write_text(json.dumps({"prompt": prompt, "run_seed": args.seed, "n": args.n, "judge": judge,
-                                        "steps": args.steps, "cfg": args.cfg, "model": str(args.model),
+                                        "num_inference_steps": args.num_inference_steps,
+                                        "guidance_scale": args.guidance_scale, "model": str(args.model),
                                         "candidates": rows}, indent=2) + "\n")
         print(manifest)
     return 0

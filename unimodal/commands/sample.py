@@ -4,14 +4,14 @@ Writes one PNG per image (`<png-dir>/<index>_class<label>.png`) and the standard
 array: uint8 [N, H, W, 3] under key `arr_0` of an .npz (ADM / DiT evaluation suite format).
 Labels are balanced: image i has class classes[i % K] and N must be a multiple of K, so every
 class gets exactly N / K images. Image i starts from noise seeded by `--seed + i`, so any image can
-be regenerated alone (STYLE 13). Under ``torchrun`` rank r renders images r, r + W, ...; file names
+be regenerated alone. Under ``torchrun`` rank r renders images r, r + W, ...; file names
 carry the global index, so shards never overwrite each other, and rank 0 assembles the .npz from
-the PNGs. Sampler defaults come from the model directory's sampler.json (written by `train dit`),
+the PNGs. Sampler defaults come from the model's config.json (`sampler`, written by `train dit`),
 else Euler, 50 steps, the dimension shift of the latent shape.
 """
 from __future__ import annotations
 
-from unimodal.commands._args import CFG_HELP, MAX_STEPS, STEPS_HELP, int_in, positive_float
+from unimodal.commands._args import add_guidance_arg, add_steps_arg, int_in
 
 
 def add_parser(subparsers) -> None:
@@ -22,13 +22,13 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", required=True, help="output .npz (uint8 N x H x W x 3 under arr_0)")
     p.add_argument("--png-dir", default=None, help="PNG folder (default: next to --out, <stem>_png)")
     p.add_argument("--classes", default=None, help="comma-separated labels to sample (default: all classes)")
-    p.add_argument("--cfg-scale", type=positive_float, default=None, help=CFG_HELP)
+    add_guidance_arg(p, "--cfg-scale")
     p.add_argument("--guidance", choices=["cfg", "autoguidance"], default=None)
     p.add_argument("--guide-model", default=None, help="weaker DiT directory for autoguidance")
     p.add_argument("--interval", type=float, nargs=2, default=None, metavar=("T_MIN", "T_MAX"),
                    help="apply guidance only for T_MIN <= t <= T_MAX (t = 1 is noise)")
     p.add_argument("--method", choices=["euler", "heun"], default=None)
-    p.add_argument("--steps", type=int_in(1, MAX_STEPS), default=None, help=STEPS_HELP)
+    add_steps_arg(p, "--steps")
     p.add_argument("--shift", type=float, default=None, help="time shift (default: the model's training shift)")
     p.add_argument("--batch-size", type=int_in(1), default=32)
     p.add_argument("--seed", type=int, default=0)
@@ -37,17 +37,13 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _sampler_config(args, model_dir):
-    from pathlib import Path
-
+def _sampler_config(args, model):
+    """The model's own sampler (its config.json), with the flags given on top."""
     from unimodal.dit.sampling import SamplerConfig
-    from unimodal.train.dit import SAMPLER_FILE
 
-    path = Path(model_dir) / SAMPLER_FILE
-    base = SamplerConfig.load_json(path) if path.is_file() else SamplerConfig()
-    changes = {"method": args.method, "num_steps": args.steps, "shift": args.shift, "guidance": args.guidance,
-               "guidance_scale": args.cfg_scale, "guidance_interval": args.interval}
-    return base.replace(**{k: v for k, v in changes.items() if v is not None})
+    changes = {"method": args.method, "num_inference_steps": args.num_inference_steps, "shift": args.shift,
+               "guidance": args.guidance, "guidance_scale": args.guidance_scale, "guidance_interval": args.interval}
+    return (model.config.sampler or SamplerConfig()).replace(**{k: v for k, v in changes.items() if v is not None})
 
 
 def run(args) -> int:
@@ -59,11 +55,11 @@ def run(args) -> int:
     from PIL import Image
     from tqdm.auto import tqdm
 
-    from unimodal.cli import UserError
+    from unimodal.config import UserError
     from unimodal.dit.model import DiT
     from unimodal.dit.sampling import noise_from_seeds, sample
     from unimodal.rae.autoencoder import RAE
-    from unimodal.train.distributed import barrier, cleanup, init_distributed
+    from unimodal.utils.distributed import barrier, cleanup, init_distributed
 
     out = Path(args.out)
     if out.suffix != ".npz":
@@ -80,10 +76,10 @@ def run(args) -> int:
             raise UserError(f"--classes must be labels in [0, {cfg.num_classes})")
         if args.num % len(classes):
             raise UserError(f"--num {args.num} is not a multiple of the {len(classes)} classes; every class must get the same count")
-        sampler = _sampler_config(args, args.model)
+        sampler = _sampler_config(args, model)
         wants_guide = sampler.guidance == "autoguidance" and sampler.guidance_scale != 1.0
         if wants_guide != (args.guide_model is not None):
-            raise UserError("autoguidance (--guidance autoguidance with --cfg-scale != 1) and --guide-model go together")
+            raise UserError("autoguidance (--guidance autoguidance with --guidance-scale != 1) and --guide-model go together")
         guide = None
         if args.guide_model is not None:
             guide = DiT.from_pretrained(args.guide_model, map_location=dist.device).eval()

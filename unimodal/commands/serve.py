@@ -15,7 +15,7 @@ import sys
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("serve", help="web UI: chat, draw, critique (Gradio)", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None, help="unified model directory; required until a default model ships (default: $UNIMODAL_MODEL)")
+    p.add_argument("--model", default=None, help="unified model directory (default: $UNIMODAL_MODEL, else the shipped Shapes model)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860)
@@ -30,7 +30,7 @@ def run(args) -> int:
     from unimodal.chat.backend import ChatBackend
     from unimodal.chat.settings import ServeLimits
     from unimodal.shipped import resolve_model_dir
-    from unimodal.cli import UserError
+    from unimodal.config import UserError
     from unimodal.config import apply_overrides
     from unimodal.unified.model import UnifiedModel
 

@@ -39,10 +39,10 @@ def run(args) -> int:
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
-    from unimodal.cli import UserError
+    from unimodal.config import UserError
     from unimodal.data.dataset import DataConfig, ImageDataset, build_image_dataset
     from unimodal.rae.stats import compute_latent_stats, save_latent_stats
-    from unimodal.train.distributed import cleanup, init_distributed
+    from unimodal.utils.distributed import cleanup, init_distributed
 
     if args.batch_size < 1 or args.limit < 0:
         raise UserError("--batch-size must be >= 1 and --limit >= 0")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 from unimodal.commands._args import text_arg
-from unimodal.commands._unified_io import add_model_args, latents_of, load_model, read_inputs
+from unimodal.commands._unified_io import add_model_args, load_model
 
 
 def add_parser(subparsers) -> None:
@@ -23,6 +23,7 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from unimodal.unified.generate import verify
+    from unimodal.unified.io import latents_of, read_inputs
 
     inputs = read_inputs([args.input])
     model = load_model(args)

@@ -4,7 +4,7 @@ A conversion is a *plan*: a list of :class:`Rule`, each naming the source keys i
 target key it fills (or none, for a derived buffer that is only checked). :func:`apply_plan`
 refuses to run unless the plan reads every source key and the source has every key the plan reads,
 and :func:`check_targets` then compares the result with the target model's own state dict (keys
-and shapes). Every failure names the keys (STYLE 8); nothing is loaded with ``strict=False``.
+and shapes). Every failure names the keys; nothing is loaded with ``strict=False``.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Key rules shared by the two LightningDiT source formats (Scale-RAE's LightningDiT, RAE's DiT^DH).
 
-Both reference codebases use the same block (REFERENCE.md section 8): `norm1/norm2` RMSNorm weights,
+Both reference codebases use the same block: `norm1/norm2` RMSNorm weights,
 `attn.qkv` (q, k, v order, heads contiguous), `attn.proj`, `mlp.w12` (x1 -> SiLU, x2 gate), `mlp.w3`,
 `adaLN_modulation.1` (shift/scale/gate msa, then mlp) and a final layer `norm_final`, `linear`,
 `adaLN_modulation.1` (shift, scale). Our blocks keep those names and orders, so a block converts by
@@ -89,9 +89,3 @@ def rope_check_rules(src_prefix: str, grid: int, head_dim: int, theta: float) ->
 def seeded_fourier_frequencies() -> torch.Tensor:
     """The 256 Gaussian frequencies our time embedder regenerates (seed 114514, as Scale-RAE)."""
     return FourierTimestepEmbedder(1).W.clone()
-
-
-def fourier_check_rule(key: str, hint: str = "") -> Rule:
-    """A stored frequency vector must be the seeded one: our model regenerates it and stores none."""
-    return Rule(None, (key,), verify_equal(key, seeded_fourier_frequencies(),
-                                           "the seed-114514 Fourier frequencies our DiT regenerates", hint))

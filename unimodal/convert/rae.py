@@ -3,7 +3,7 @@
 Stage-2 files are `torch.save` dicts with the EMA weights under ``"ema"`` (the published samplers use
 those) and, in training checkpoints, the live weights under ``"model"``; a released file may also be
 the bare state dict. The model is ``stage2.models.DDT.DiTwDDTHead``; its names differ from ours in
-three places (REFERENCE.md section 8 and the reference code):
+three places (read from the released checkpoints and the reference code):
 
 - its *body* embedder is ``s_embedder`` and its *head* embedder ``x_embedder`` (the other way round
   here: `x_embedder` embeds the latent for the body, `s_embedder` re-embeds it for the head);

@@ -1,6 +1,6 @@
 """Scale-RAE HF model directories (`model_type` "cambrian_qwen") -> a `UnifiedModel.from_pretrained` directory.
 
-Source layout (REFERENCE.md section 8; `nyu-visionx/Scale-RAE-*`): `config.json`, tokenizer files and
+Source layout (the released `nyu-visionx/Scale-RAE-*` directories): `config.json`, tokenizer files and
 `model.safetensors` or shards with `model.safetensors.index.json`. Keys:
 
 - the Qwen2 LM under `model.` and `lm_head.weight` (omitted or equal to the embedding when tied)
@@ -95,7 +95,7 @@ def dit_config_from_scale_rae(state: Mapping[str, torch.Tensor], where: str, sou
 
 
 def dit_plan(cfg: DiTConfig, src: str = "", dst: str = "") -> list[Rule]:
-    """Scale-RAE's names are ours (REFERENCE.md section 8) except the 1x1-conv embedder; the RoPE
+    """Scale-RAE's names are ours (dit/blocks.py keeps them) except the 1x1-conv embedder; the RoPE
     tables are checked and dropped; the Fourier frequencies are not stored by either side."""
     grid = cfg.grid_size
     return [

@@ -2,8 +2,8 @@
 
 Checkpoints: ``nyu-visionx/siglip2_decoder``, ``nyu-visionx/webssl300m_decoder`` (Scale-RAE) and the RAE
 ImageNet decoders (``model.pt`` with a separate ``configs/decoder/ViT*/config.json``). Our
-:class:`~unimodal.rae.decoder.RAEDecoder` uses the file's key names one to one (REFERENCE.md
-section 8), so the plan is a copy of every key; the architecture is read from the tensor shapes and
+:class:`~unimodal.rae.decoder.RAEDecoder` uses the file's key names one to one, so the
+plan is a copy of every key; the architecture is read from the tensor shapes and
 cross-checked with the config. The head count is the one field no shape reveals, so it comes from
 `decoder_num_attention_heads`. The config's `hidden_size` is *not* the decoder input width: both
 references overwrite it with the encoder's width at run time, so the input width comes from

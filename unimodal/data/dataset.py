@@ -21,15 +21,22 @@ from torch.utils.data import Dataset
 
 from unimodal.config import Config, ConfigError, atomic_write_text
 from unimodal.data.images import load_rgb
-from unimodal.data.sources import (DatasetsSource, ImageFolderSource, ScanReport, ShapesImageSource,
-                                   SyntheticImageSource, scan_source)
+from unimodal.data.sources import DatasetsSource, ImageFolderSource, ScanReport, SyntheticImageSource, scan_source
+from unimodal.utils.distributed import barrier, broadcast_object
 
 _log = logging.getLogger(__name__)
+
+FILE_SOURCES = ("folder", "datasets")
+# Sources that draw their records instead of reading files (no path, no prescan; the eval split is
+# other draws), name -> factory(cfg, split) -> source. "synthetic" is built in; a world package adds
+# itself with `register_generated_source` when imported (the Shapes world adds "shapes"; the CLI
+# imports it), so data/ imports none of them.
+GENERATED_SOURCES: dict[str, Callable[["DataConfig", Literal["train", "eval"]], Any]] = {}
 
 
 @dataclasses.dataclass
 class DataConfig(Config):
-    source: Literal["folder", "datasets", "synthetic", "shapes"] = "synthetic"
+    source: str = "synthetic"         # one of FILE_SOURCES or GENERATED_SOURCES
     path: str = ""                    # folder root | save_to_disk folder | data file / glob | hub id
     eval_path: str = ""               # a separate eval folder / dataset; else see eval_holdout
     eval_holdout: int = 0             # hold this many usable records of `path` out for evaluation
@@ -50,13 +57,15 @@ class DataConfig(Config):
     scan_cache: str = ""              # JSON file reusing the prescan while data and settings are unchanged
     background: tuple[int, int, int] = (255, 255, 255)  # transparent pixels are composited onto this
     synthetic_images: int = 256       # records of a generated source (synthetic or shapes)
+    # Settings of the registered "shapes" source (unimodal.shapes.dataset), kept here so existing
+    # YAML files and the run configs saved in checkpoints still load.
     shapes_config: str = ""           # ShapesConfig JSON for source=shapes ("" = defaults at image_size)
     shapes_captions: Literal["mixed", "long", "geneval"] = "mixed"
     synthetic_classes: int = 0
     seed: int = 0                     # synthetic content
 
     def __post_init__(self) -> None:
-        if self.source in ("folder", "datasets") and not self.path:
+        if self.source in FILE_SOURCES and not self.path:
             raise ConfigError(f"data.path is required for data.source={self.source}")
         if self.image_size < 8:
             raise ConfigError(f"data.image_size must be >= 8, got {self.image_size}")
@@ -135,17 +144,28 @@ class ImageDataset(Dataset):
         return item
 
 
-def _make_source(cfg: DataConfig, path: str, split_name: str, seed_offset: int) -> Any:
-    if cfg.source == "synthetic":
-        return SyntheticImageSource(cfg.synthetic_images, image_size=max(cfg.image_size, 8), seed=cfg.seed + seed_offset,
-                                    num_classes=cfg.synthetic_classes, captions=cfg.captions)
-    if cfg.source == "shapes":
-        from unimodal.shapes.config import ShapesConfig
+def register_generated_source(name: str, factory: Callable[[DataConfig, Literal["train", "eval"]], Any]) -> None:
+    """Make `data.source=name` build `factory(cfg, split)` (see GENERATED_SOURCES)."""
+    if name in FILE_SOURCES:
+        raise ValueError(f"{name!r} is a file source's name")
+    GENERATED_SOURCES[name] = factory
 
-        world = (ShapesConfig.load_json(cfg.shapes_config) if cfg.shapes_config
-                 else ShapesConfig(image_size=cfg.image_size))
-        return ShapesImageSource(world, cfg.synthetic_images, split="eval" if seed_offset else "train",
-                                 caption_mode=cfg.shapes_captions)
+
+def _synthetic_source(cfg: DataConfig, split: Literal["train", "eval"]) -> SyntheticImageSource:
+    return SyntheticImageSource(cfg.synthetic_images, image_size=max(cfg.image_size, 8),
+                                seed=cfg.seed + (1_000_003 if split == "eval" else 0),  # other images than train
+                                num_classes=cfg.synthetic_classes, captions=cfg.captions)
+
+
+register_generated_source("synthetic", _synthetic_source)
+
+
+def _make_source(cfg: DataConfig, path: str, split_name: str, generated_split: Literal["train", "eval"]) -> Any:
+    if cfg.source in GENERATED_SOURCES:
+        return GENERATED_SOURCES[cfg.source](cfg, generated_split)
+    if cfg.source not in FILE_SOURCES:
+        raise ConfigError(f"data.source={cfg.source!r} is not one of {[*FILE_SOURCES, *GENERATED_SOURCES]} "
+                          "(a world package adds its source when imported: `import unimodal.shapes` for 'shapes')")
     if cfg.source == "folder":
         return ImageFolderSource(path, class_subfolders=cfg.class_subfolders, captions=cfg.captions,
                                  caption_column=cfg.caption_column)
@@ -175,28 +195,26 @@ def build_image_dataset(cfg: DataConfig, split: Literal["train", "eval"] = "trai
                         log: Callable[[str], None] | None = None) -> ImageDataset:
     """Build the source, prescan it (rank 0; the result is broadcast), enforce max_bad_fraction,
     and wrap it with the train (random crop) or eval (centre crop) transform."""
-    from unimodal.train.distributed import barrier, broadcast_object
-
     if split not in ("train", "eval"):
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
     log = log or _log.info
     holdout = bool(cfg.eval_holdout)       # split `path` into train / eval by a stable hash
-    path, split_name, seed_offset = cfg.path, cfg.train_split, 0
+    path, split_name, generated_split = cfg.path, cfg.train_split, "train"
     if split == "eval":
         if cfg.eval_path:
             path, split_name, holdout = cfg.eval_path, cfg.eval_split, False
         elif cfg.eval_holdout:
             pass
-        elif cfg.source in ("synthetic", "shapes"):
-            seed_offset = 1_000_003          # different images than the train split
+        elif cfg.source in GENERATED_SOURCES:
+            generated_split = "eval"         # different draws than the train split
         elif cfg.source == "datasets":
             split_name = cfg.eval_split      # the dataset's own validation split
         else:
             raise ConfigError("no evaluation data: set data.eval_path or data.eval_holdout")
-    source = _make_source(cfg, path, split_name, seed_offset)
+    source = _make_source(cfg, path, split_name, generated_split)
     n = len(source) if not cfg.max_images else min(cfg.max_images, len(source))
 
-    if cfg.source in ("synthetic", "shapes"):
+    if cfg.source in GENERATED_SOURCES:
         report = ScanReport(total=n, kept=list(range(n)), counts={}, examples={})
     else:
         is_main = dist is None or dist.is_main

@@ -69,8 +69,12 @@ def _open(src: str | os.PathLike | bytes | Image.Image, name: str, min_size: int
                 img = Image.open(io.BytesIO(bytes(src)))
             else:
                 img = Image.open(Path(src))
-            _check_size(img.size, name, min_size, max_pixels)   # from the header, before decoding
-            img.load()  # decode everything now: truncation only shows up here
+            try:
+                _check_size(img.size, name, min_size, max_pixels)   # from the header, before decoding
+                img.load()  # decode everything now: truncation only shows up here
+            except BaseException:
+                img.close()  # a rejected file is not left open until garbage collection
+                raise
         return img
     except BadImageError:
         raise
@@ -129,9 +133,12 @@ def load_rgb(src: str | os.PathLike | bytes | Image.Image, *, min_size: int = 1,
     sides more than MAX_ASPECT apart, or "too_small": a side below `min_size`, or zero).
     """
     name = name or (str(src) if isinstance(src, (str, os.PathLike)) else type(src).__name__)
-    img = _open(src, name, min_size, max_pixels)
+    opened = img = _open(src, name, min_size, max_pixels)
     try:
         img = ImageOps.exif_transpose(img)
     except (OSError, ValueError, SyntaxError):
         pass  # a malformed EXIF block only loses the orientation hint, the pixels are fine
-    return to_rgb(img, background)
+    rgb = to_rgb(img, background)
+    if opened is not src and opened is not rgb:
+        opened.close()  # an animated file keeps its handle open for the other frames
+    return rgb

@@ -49,7 +49,7 @@ def write_latent_cache(rae: Any, dataset: Any, out_dir: str | os.PathLike, *, ba
     with `rae.encode` and write a cache at `out_dir`; every rank calls it and takes every
     world_size-th item. Pass an evaluation-mode dataset (centre crops): a random crop would be
     frozen into the cache. Returns the cache directory."""
-    from unimodal.train.distributed import DistInfo, barrier
+    from unimodal.utils.distributed import DistInfo, barrier
     from unimodal.utils.weights import replace_directory
 
     if dtype not in DTYPES:

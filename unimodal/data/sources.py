@@ -85,28 +85,6 @@ class SyntheticImageSource:
         return Record(pil, label, caption, key=f"synthetic[{i}]")
 
 
-class ShapesImageSource:
-    """The Shapes world (unimodal.shapes) as an image source: record i is scene i of `split`,
-    rendered at the world's image size, with its caption (see ShapesDataset for the caption mix)."""
-
-    def __init__(self, cfg: Any, num_images: int, *, split: str = "train", caption_mode: str = "mixed"):
-        if num_images < 1:
-            raise ValueError(f"shapes source needs num_images >= 1, got {num_images}")
-        self.cfg, self.n, self.split, self.caption_mode = cfg, num_images, split, caption_mode
-        self.has_labels, self.has_captions = False, True
-
-    def __len__(self) -> int:
-        return self.n
-
-    def record(self, i: int) -> Record:
-        from unimodal.shapes.dataset import make_item
-
-        if not 0 <= i < self.n:
-            raise IndexError(i)
-        item = make_item(self.cfg, self.split, i, self.caption_mode)
-        return Record(item["image"], None, item["caption"], key=f"shapes[{self.split}:{i}]")
-
-
 class ImageFolderSource:
     """A folder tree of images, read recursively in sorted order.
 

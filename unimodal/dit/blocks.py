@@ -1,6 +1,6 @@
 """LightningDiT building blocks (RAE paper sections 4-5; Scale-RAE's DiT uses the same blocks).
 
-Parameter names follow the official Scale-RAE layout (REFERENCE.md section 8) so converting a
+Parameter names follow the released Scale-RAE checkpoints' layout so converting a
 released checkpoint is a rename: `attn.{qkv,proj}`, `mlp.{w12,w3}`, `adaLN_modulation.1`,
 `norm_final`, `t_embedder.mlp.{0,2}`, `y_embedder.dropout_embedding`.
 

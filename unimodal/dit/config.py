@@ -1,4 +1,4 @@
-"""`DiTConfig` and the name -> preset registry of DiT sizes (STYLE 2 and 4).
+"""`DiTConfig` and the name -> preset registry of DiT sizes (tests/test_dit_model.py builds every entry).
 
 One config describes both published shapes:
 
@@ -17,6 +17,7 @@ import math
 from typing import Any, Literal
 
 from unimodal.config import Config, ConfigError
+from unimodal.dit.sampling import SamplerConfig
 
 CondMode = Literal["class", "tokens", "none"]
 
@@ -42,6 +43,9 @@ class DiTConfig(Config):
     # Scale-RAE regenerates the Fourier frequencies from a seed; RAE (ImageNet) drew them from the
     # global RNG, so a converted RAE DiT must carry them in its state dict.
     store_fourier_frequencies: bool = False
+    # Sampling defaults of a trained model, kept in its config.json: `train dit` sets the sampler of
+    # its sample grids with the training shift, and `unimodal sample` starts from it. None = SamplerConfig().
+    sampler: SamplerConfig | None = None
 
     def __post_init__(self) -> None:
         for name in ("in_channels", "num_tokens", "hidden_size", "depth", "num_heads"):

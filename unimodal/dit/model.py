@@ -1,9 +1,9 @@
 """The RAE-DiT: LightningDiT, or DiT^DH when the config has a head (RAE paper section 5).
 
 `model(x_t, t, cond, drop=None) -> velocity` on latents [B, N, C]. Guidance is not here: the
-sampler builds the unconditional branch by passing `drop` (STYLE 5).
+sampler builds the unconditional branch by passing `drop`.
 
-Key layout (REFERENCE.md section 8), so an official Scale-RAE DiT converts by a rename:
+Key layout of the released Scale-RAE checkpoints, so an official Scale-RAE DiT converts by a rename:
 `x_embedder.proj` (a Linear here; the official 1x1 conv weight [D, C, 1, 1] reshapes to [D, C]),
 `pos_embed`, `t_embedder.mlp.{0,2}`, `y_embedder.{embedding_table | dropout_embedding}`,
 `dit_blocks.{i}.*` (body blocks first, then the DiT^DH head blocks, as in Scale-RAE's
@@ -93,12 +93,6 @@ class DiT(nn.Module):
 
     # ------------------------------------------------------------------ conditioning
 
-    def sample_drop(self, batch: int, device: torch.device) -> torch.Tensor | None:
-        """Training-time CFG dropout mask [B] (None when there is nothing to drop)."""
-        if self.y_embedder is None or self.config.cond_dropout == 0:
-            return None
-        return torch.rand(batch, device=device) < self.config.cond_dropout
-
     def embed_condition(self, t_emb: torch.Tensor, cond: torch.Tensor | None,
                         drop: torch.Tensor | None) -> torch.Tensor:
         """c = silu(t_emb + y): [B, Dc] (class / none) or [B, N, Dc] (tokens), the reference's
@@ -126,8 +120,8 @@ class DiT(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor | None = None,
                 drop: torch.Tensor | None = None) -> torch.Tensor:
         """x: noisy latent [B, N, C]; t: [B] or scalar in [0, 1], 1 = pure noise; cond: labels [B]
-        or token condition [B, N, Dc] or None; drop: bool [B], True = use the null condition.
-        In training mode with `drop=None` the mask is sampled with p = cond_dropout.
+        or token condition [B, N, Dc] or None; drop: bool [B], True = use the null condition. The
+        training loops draw `drop` with `flow.sample_drop`; the model never draws one itself.
         Returns the predicted velocity eps - x0 [B, N, C]."""
         cfg = self.config
         if x.dim() != 3 or x.shape[1] != cfg.num_tokens or x.shape[2] != cfg.in_channels:
@@ -137,9 +131,7 @@ class DiT(nn.Module):
         t = t.expand(B) if t.dim() == 0 else t
         if t.shape != (B,):
             raise ValueError(f"t must be a scalar or [{B}], got {tuple(t.shape)}")
-        if drop is None and self.training:
-            drop = self.sample_drop(B, x.device)
-        elif drop is not None and (drop.shape != (B,) or drop.dtype != torch.bool):
+        if drop is not None and (drop.shape != (B,) or drop.dtype != torch.bool):
             raise ValueError(f"drop must be a bool tensor [{B}], got {drop.dtype} {tuple(drop.shape)}")
 
         t_emb = self.t_embedder(t)                                           # [B, Dc]

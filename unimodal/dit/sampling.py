@@ -1,8 +1,8 @@
-"""ODE samplers with classifier-free guidance and autoguidance (STYLE 5: guidance lives here).
+"""ODE samplers with classifier-free guidance and autoguidance: guidance lives here, not in the network.
 
 The model is any callable `model(x [B, N, C], t [B], cond, drop=bool [B] | None) -> velocity`.
 Integration runs from exactly t = 1 (pure noise) to exactly t = 0 over the shifted grid of
-`flow.sampling_times`; the defects of the Scale-RAE sampler (REFERENCE.md section 9: guidance never
+`flow.sampling_times`; the defects of the Scale-RAE reference sampler (guidance never
 applied, t = 1 skipped, stopping at t ~ 0.008 then stepping back toward noise) are each pinned by a
 test in tests/test_dit_sampling.py.
 
@@ -22,7 +22,7 @@ from typing import Callable, Literal, Sequence
 import torch
 
 from unimodal.config import Config, ConfigError
-from unimodal.dit.flow import dimension_shift, sampling_times
+from unimodal.dit.flow import resolve_shift, sampling_times
 
 Model = Callable[..., torch.Tensor]
 
@@ -30,15 +30,15 @@ Model = Callable[..., torch.Tensor]
 @dataclasses.dataclass
 class SamplerConfig(Config):
     method: Literal["euler", "heun"] = "euler"
-    num_steps: int = 50
+    num_inference_steps: int = 50
     shift: float | None = None       # None = dimension shift of the latent shape, sqrt(N * C / 4096)
     guidance: Literal["cfg", "autoguidance"] = "cfg"
     guidance_scale: float = 1.0      # w; 1 = no guidance
     guidance_interval: tuple[float, float] | None = None  # guide only for t_min <= t <= t_max
 
     def __post_init__(self) -> None:
-        if self.num_steps < 1:
-            raise ConfigError(f"sampler.num_steps must be >= 1, got {self.num_steps}")
+        if self.num_inference_steps < 1:
+            raise ConfigError(f"sampler.num_inference_steps must be >= 1, got {self.num_inference_steps}")
         if self.shift is not None and self.shift <= 0:
             raise ConfigError(f"sampler.shift must be > 0 or null (dimension shift), got {self.shift}")
         if self.guidance_interval is not None:
@@ -58,62 +58,62 @@ class SamplerConfig(Config):
 def noise_from_seeds(seeds: Sequence[int], num_tokens: int, channels: int,
                      device: torch.device | str = "cpu") -> torch.Tensor:
     """Initial noise [B, N, C], sample b drawn from its own CPU generator seeded seeds[b], so any
-    image can be regenerated from its seed alone, whatever the batch or device (STYLE 13)."""
+    image can be regenerated from its seed alone, whatever the batch or device."""
     out = torch.empty(len(seeds), num_tokens, channels)
     for b, seed in enumerate(seeds):
         out[b] = torch.randn(num_tokens, channels, generator=torch.Generator().manual_seed(int(seed)))
     return out.to(device)
 
 
-def guided_velocity(model: Model, x: torch.Tensor, t: float, cond: torch.Tensor | None, cfg: SamplerConfig,
+def guided_velocity(model: Model, x: torch.Tensor, t: float, cond: torch.Tensor | None, sampler: SamplerConfig,
                     guide_model: Model | None = None) -> torch.Tensor:
-    """The velocity the sampler integrates at time t (a python float), guided when `cfg` says so."""
+    """The velocity the sampler integrates at time t (a python float), guided when `sampler` says so."""
     B = x.shape[0]
     tt = torch.full((B,), t, device=x.device, dtype=torch.float32)
     keep = None if cond is None else torch.zeros(B, dtype=torch.bool, device=x.device)
-    if not cfg.guided_at(t):
+    if not sampler.guided_at(t):
         return model(x, tt, cond, drop=keep)
-    if cfg.guidance == "cfg":
+    if sampler.guidance == "cfg":
         drop = torch.cat([keep, torch.ones_like(keep)])
         both = model(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([cond, cond]), drop=drop)  # [2B, N, C]
         c, u = both.chunk(2)
     else:
         c = model(x, tt, cond, drop=keep)
         u = guide_model(x, tt, cond, drop=keep)
-    return u + cfg.guidance_scale * (c - u)
+    return u + sampler.guidance_scale * (c - u)
 
 
 @torch.no_grad()
-def sample(model: Model, noise: torch.Tensor, cond: torch.Tensor | None = None, cfg: SamplerConfig | None = None,
+def sample(model: Model, noise: torch.Tensor, cond: torch.Tensor | None = None, sampler: SamplerConfig | None = None,
            guide_model: Model | None = None) -> torch.Tensor:
     """Integrate dx/dt = v from x(1) = noise [B, N, C] to x(0); returns the latent at t = 0.
 
-    Euler uses num_steps model evaluations (each one forward, 2B wide when CFG is active). Heun
-    adds a corrector at t_{i+1} except on the last step to t = 0, as EDM's Algorithm 1 does
-    (Karras et al. 2022), so it costs 2 * num_steps - 1 evaluations.
+    Euler uses num_inference_steps model evaluations (each one forward, 2B wide when CFG is active).
+    Heun adds a corrector at t_{i+1} except on the last step to t = 0, as EDM's Algorithm 1 does
+    (Karras et al. 2022), so it costs 2 * num_inference_steps - 1 evaluations.
     """
-    cfg = cfg or SamplerConfig()
-    if cfg.guidance_scale != 1.0:
-        if cfg.guidance == "cfg" and cond is None:
+    sampler = sampler or SamplerConfig()
+    if sampler.guidance_scale != 1.0:
+        if sampler.guidance == "cfg" and cond is None:
             raise ValueError("classifier-free guidance needs a condition; use guidance_scale 1 for an unconditional model")
-        if cfg.guidance == "autoguidance" and guide_model is None:
+        if sampler.guidance == "autoguidance" and guide_model is None:
             raise ValueError("guidance 'autoguidance' needs guide_model (a weaker checkpoint of the same model)")
-    if guide_model is not None and (cfg.guidance != "autoguidance" or cfg.guidance_scale == 1.0):
+    if guide_model is not None and (sampler.guidance != "autoguidance" or sampler.guidance_scale == 1.0):
         raise ValueError("guide_model is only used with guidance 'autoguidance' and guidance_scale != 1")
     if noise.dim() != 3:
         raise ValueError(f"noise must be [B, N, C], got {tuple(noise.shape)}")
-    shift = cfg.shift if cfg.shift is not None else dimension_shift(noise.shape[1], noise.shape[2])
-    times = sampling_times(cfg.num_steps, shift).tolist()
+    steps = sampler.num_inference_steps
+    times = sampling_times(steps, resolve_shift(sampler.shift, noise.shape[1], noise.shape[2])).tolist()
 
     x = noise.float()
-    for i in range(cfg.num_steps):
+    for i in range(steps):
         t, t_next = times[i], times[i + 1]
         h = t_next - t                                   # negative: integrating toward data
-        v = guided_velocity(model, x, t, cond, cfg, guide_model).float()
+        v = guided_velocity(model, x, t, cond, sampler, guide_model).float()
         x_euler = x + h * v
-        if cfg.method == "euler" or t_next == 0.0:
+        if sampler.method == "euler" or t_next == 0.0:
             x = x_euler
         else:
-            v_next = guided_velocity(model, x_euler, t_next, cond, cfg, guide_model).float()
+            v_next = guided_velocity(model, x_euler, t_next, cond, sampler, guide_model).float()
             x = x + 0.5 * h * (v + v_next)
     return x

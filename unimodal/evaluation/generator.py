@@ -3,10 +3,10 @@
 Runners only see `ImageGenerator.generate(prompts, prompt_seeds, n=..., keep=...)`: per prompt, `n`
 candidates ranked best first (kept ones first), each with its candidate index, noise seed, judge
 scores and decoded image. `UnifiedGenerator` implements it over `unimodal.unified.generate`
-(best-of-N self-verification on latents, REFERENCE.md section 5); nothing else in
+(best-of-N self-verification on latents, Scale-RAE section 5); nothing else in
 `unimodal.evaluation` touches the unified model's API.
 
-Seeding (STYLE 13): the harness gives each prompt a seed derived from (run seed, global prompt
+Seeding: the harness gives each prompt a seed derived from (run seed, global prompt
 index); candidate k's noise seed is then `sample_seed(prompt_seed, prompt, k)` (unified.decoding),
 so any image is regenerated from (run seed, prompt index, candidate index), whatever the batch,
 shard or N. Candidates 0..N-1 of a run with n = N are candidates 0..N-1 of any larger run.
@@ -54,14 +54,14 @@ def tensor_to_pil(image: torch.Tensor) -> Image.Image:
 class UnifiedGenerator:
     """`ImageGenerator` over a `UnifiedModel` and `unimodal.unified.generate.generate_images`."""
 
-    def __init__(self, model, *, judge: str | None = "yes_prob", num_steps: int | None = None,
-                 cfg_scale: float | None = None, batch_size: int = 16, model_path: str | None = None):
+    def __init__(self, model, *, judge: str | None = "yes_prob", num_inference_steps: int | None = None,
+                 guidance_scale: float | None = None, batch_size: int = 16, model_path: str | None = None):
         if judge is not None and judge not in JUDGES:
             raise ValueError(f"judge must be one of {list(JUDGES)} or None, got {judge!r}")
         self.model = model.eval()
         self.judge = judge
-        self.num_steps = num_steps
-        self.cfg_scale = cfg_scale
+        self.num_inference_steps = num_inference_steps
+        self.guidance_scale = guidance_scale
         self.batch_size = batch_size
         self.model_path = model_path
 
@@ -73,11 +73,12 @@ class UnifiedGenerator:
         return cls(model, model_path=str(Path(path).resolve()), **kwargs)
 
     def describe(self) -> dict[str, Any]:
-        cfg = self.model.config
+        config = self.model.config
         return {"model_path": self.model_path, "judge": self.judge,
-                "num_steps": cfg.num_steps if self.num_steps is None else self.num_steps,
-                "cfg_scale": cfg.cfg_scale if self.cfg_scale is None else self.cfg_scale,
-                "shift": cfg.shift}
+                "num_inference_steps": config.num_inference_steps if self.num_inference_steps is None
+                else self.num_inference_steps,
+                "guidance_scale": config.guidance_scale if self.guidance_scale is None else self.guidance_scale,
+                "shift": config.shift}
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], prompt_seeds: Sequence[int], *, n: int, keep: int,
@@ -93,7 +94,8 @@ class UnifiedGenerator:
         # still go through the DiT and the judge as one batch.
         for prompt, seed in zip(prompts, prompt_seeds):
             res = generate_images(self.model, prompt, n=n, keep=keep, judge=judge, seed=int(seed),
-                                  num_steps=self.num_steps, cfg_scale=self.cfg_scale, batch_size=self.batch_size)
+                                  num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale,
+                                  batch_size=self.batch_size)
             cands = res.candidates[0]
             rejected = [c for c in cands if not c.kept]
             if decode_rejected and rejected:

@@ -1,8 +1,8 @@
-"""The one generation harness every benchmark runner adapts (STYLE 14): prompts -> images on disk.
+"""The one generation harness every benchmark runner adapts: prompts -> images on disk.
 
 - Items carry their *global* index in the benchmark file; a shard is a contiguous index range
   (`shard_range`), and output names derive from the global index / id, so shards never collide
-  and never depend on each other (MetaQuery's sharded runs overwrote each other, REFERENCE.md 9).
+  and never depend on each other (MetaQuery's sharded GenEval / DPG runs overwrote each other's folders).
 - Every prompt's seed is `prompt_seed(run seed, global index)`; candidate k's noise seed derives
   from that (see `generator.py`), so any image is regenerated from its recorded numbers.
 - Resume: an item whose files all exist is skipped; files are written through a temporary name

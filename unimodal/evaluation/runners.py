@@ -34,8 +34,8 @@ class RunOptions(Config):
     n: int = 4
     keep: int = 4
     judge: str = "yes_prob"
-    num_steps: int | None = None      # None: the model config's
-    cfg_scale: float | None = None    # None: the model config's
+    num_inference_steps: int | None = None  # None: the model config's
+    guidance_scale: float | None = None     # None: the model config's
     batch_size: int = 16              # candidates per DiT batch; prompts per call = batch_size // n
     device: str | None = None         # None: cuda when available
     shard: int | None = None
@@ -54,10 +54,10 @@ class RunOptions(Config):
             raise ConfigError(f"need 1 <= images per prompt ({self.keep}) <= n ({self.n})")
         if self.batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
-        if self.num_steps is not None and self.num_steps < 1:
-            raise ConfigError(f"num_steps must be >= 1, got {self.num_steps}")
-        if self.cfg_scale is not None and not self.cfg_scale > 0:
-            raise ConfigError(f"cfg_scale must be > 0, got {self.cfg_scale}")
+        if self.num_inference_steps is not None and self.num_inference_steps < 1:
+            raise ConfigError(f"num_inference_steps must be >= 1, got {self.num_inference_steps}")
+        if self.guidance_scale is not None and not self.guidance_scale > 0:
+            raise ConfigError(f"guidance_scale must be > 0, got {self.guidance_scale}")
 
     @property
     def selection_judge(self) -> str | None:
@@ -76,8 +76,9 @@ def load_generator(opts: RunOptions, judge: str | None) -> ImageGenerator:
     if opts.model is None:
         raise ConfigError("--model (a unified model directory) is required to generate")
     device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return UnifiedGenerator.from_pretrained(opts.model, device=device, judge=judge, num_steps=opts.num_steps,
-                                            cfg_scale=opts.cfg_scale, batch_size=opts.batch_size)
+    return UnifiedGenerator.from_pretrained(opts.model, device=device, judge=judge,
+                                            num_inference_steps=opts.num_inference_steps,
+                                            guidance_scale=opts.guidance_scale, batch_size=opts.batch_size)
 
 
 def _run_file(meta_dir: Path, rng: range, total: int, name: str = "summary", suffix: str = ".json") -> Path:

@@ -116,7 +116,7 @@ def load_finetune_config(config_path: str | Path | None, overrides: list[str] = 
         raw.setdefault("train", {})["run_dir"] = str(out)
     if self_caption:
         raw.setdefault("data", {})["self_caption"] = True
-    raw = apply_overrides(raw, list(overrides))
+    raw = apply_overrides(raw, list(overrides), schema=FinetuneConfig)
     section = raw.get("data") or {}
     if "image_size" not in section and raw.get("init_from"):
         raw.setdefault("data", {})["image_size"] = model_image_size(raw["init_from"])

@@ -23,7 +23,7 @@ from unimodal.data.sources import ScanReport, scan_source
 from unimodal.finetune.captioning import CAPTIONS_FILE, self_caption
 from unimodal.finetune.config import FinetuneConfig
 from unimodal.finetune.sources import CaptionCutter, CaptionOverlay, needs_caption, resolve_source
-from unimodal.train.distributed import DistInfo, barrier, broadcast_object
+from unimodal.utils.distributed import DistInfo, barrier, broadcast_object
 
 REPORT_FILE = "data_report.json"
 

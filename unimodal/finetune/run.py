@@ -31,7 +31,7 @@ from unimodal.finetune.export import export_run, freeze_parts
 from unimodal.finetune.sources import detect_kind
 from unimodal.finetune.validation import validation_loss
 from unimodal.train.checkpoint import capture_rng_state, list_checkpoints, restore_rng_state
-from unimodal.train.distributed import all_reduce_mean, barrier, init_distributed
+from unimodal.utils.distributed import all_reduce_mean, barrier, init_distributed
 from unimodal.train.logging import NonFiniteLossError, RunLogger
 from unimodal.train.pretrain import StageHooks, StepInfo, run_stage
 

@@ -6,7 +6,7 @@ dropped, unpatchify. The output lives in the encoder's normalised pixel space; t
 back to [0, 1] with the encoder's pixel mean/std.
 
 Parameter names follow the official decoder checkpoints (``nyu-visionx/siglip2_decoder``
-``model.pt``, REFERENCE.md section 8) one to one: ``decoder_embed``, ``decoder_pos_embed``,
+``model.pt``) one to one: ``decoder_embed``, ``decoder_pos_embed``,
 ``trainable_cls_token``, ``decoder_layers.{i}.attention.attention.{query,key,value}``,
 ``decoder_layers.{i}.attention.output.dense``, ``decoder_layers.{i}.intermediate.dense``,
 ``decoder_layers.{i}.output.dense``, ``decoder_layers.{i}.layernorm_{before,after}``,
@@ -57,7 +57,7 @@ class DecoderConfig(Config):
         return self.grid_size * self.patch_size
 
 
-# name -> (hidden, layers, heads, MLP) (REFERENCE.md section 2 decoder table).
+# name -> (hidden, layers, heads, MLP): ViT-B/L/XL are the RAE paper's decoder sizes (ViT-XL is used everywhere).
 DECODER_PRESETS: dict[str, dict[str, int]] = {
     "tiny": dict(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128),
     "ViT-B": dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072),

@@ -11,7 +11,7 @@ data (which model class, how many leading tokens to drop, pixel mean/std), see `
 - ``mae``: ``ViTMAEModel`` with mask ratio 0 and the identity "shuffle" (ascending noise), drop CLS.
 - ``webssl``: WebSSL-DINO checkpoints are plain ``Dinov2Model``s; drop CLS.
 
-Which hidden state (REFERENCE.md section 2): always the output of the last transformer layer
+Which hidden state: always the output of the last transformer layer
 *before* the model's final layer norm, then an affine-free per-token layer norm:
 ``normalization="layernorm"`` (Scale-RAE, eps 1e-6) or ``"standardize"`` (RAE: the final layer
 norm with its weight/bias removed, i.e. the model's own eps). Dataset statistics on top of
@@ -104,7 +104,7 @@ class EncoderConfig(Config):
         return self.hidden_size
 
 
-# Published encoders (REFERENCE.md section 2) and tiny random ones for tests.
+# The encoders RAE and Scale-RAE use, with their released weights, and tiny random ones for tests.
 ENCODER_PRESETS: dict[str, dict[str, Any]] = {
     "siglip2-so400m-p14-224": dict(family="siglip2", pretrained="google/siglip2-so400m-patch14-224",
                                    image_size=224, patch_size=14, hidden_size=1152),
@@ -202,7 +202,7 @@ class FrozenEncoder(nn.Module):
         return tuple(h[:, self.num_prefix_tokens:] for h in out.hidden_states)
 
     def normalize(self, h: torch.Tensor) -> torch.Tensor:
-        """Affine-free per-token layer norm of the final hidden state (REFERENCE.md section 2)."""
+        """Affine-free per-token layer norm of the final hidden state (Scale-RAE's latent normalisation)."""
         eps = SCALE_RAE_LN_EPS if self.config.normalization == "layernorm" else self.final_norm_eps
         return F.layer_norm(h, (h.shape[-1],), eps=eps)
 

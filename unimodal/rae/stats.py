@@ -1,8 +1,8 @@
 """Exact per-element latent statistics over a dataset (RAE's optional latent normalisation).
 
-RAE (REFERENCE.md section 2) normalises each latent element (token, channel) with its dataset
+RAE (ImageNet) normalises each latent element (token, channel) with its dataset
 mean and variance: z' = (z - mean) / sqrt(var + 1e-5). The reference implementation estimated
-them with a momentum average, so the last few batches dominate (section 9). Here the statistics
+them with a momentum average, so the last few batches dominate. Here the statistics
 are exact: per-process float64 (count, mean, M2) updated batch by batch with Chan et al.'s
 parallel formula, then combined across processes with two all-reduces.
 """

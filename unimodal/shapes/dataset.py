@@ -13,6 +13,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from unimodal.data.dataset import DataConfig, register_generated_source
+from unimodal.data.sources import Record
 from unimodal.shapes.captions import scene_captions
 from unimodal.shapes.config import ShapesConfig
 from unimodal.shapes.scene import image_to_tensor, render_scene
@@ -61,6 +63,35 @@ class ShapesDataset(torch.utils.data.Dataset):
         item = make_item(self.cfg, self.split, index, self.caption)
         return {"image": image_to_tensor(item["image"]), "caption": item["caption"],
                 "scene": item["scene"], "index": index}
+
+
+class ShapesImageSource:
+    """The Shapes world as a `data.source=shapes` image source: record i is scene i of `split`,
+    rendered at the world's image size, with its caption (see ShapesDataset for the caption mix)."""
+
+    def __init__(self, cfg: ShapesConfig, num_images: int, *, split: str = "train", caption_mode: str = "mixed"):
+        if num_images < 1:
+            raise ValueError(f"shapes source needs num_images >= 1, got {num_images}")
+        self.cfg, self.n, self.split, self.caption_mode = cfg, num_images, split, caption_mode
+        self.has_labels, self.has_captions = False, True
+
+    def __len__(self) -> int:
+        return self.n
+
+    def record(self, i: int) -> Record:
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        item = make_item(self.cfg, self.split, i, self.caption_mode)
+        return Record(item["image"], None, item["caption"], key=f"shapes[{self.split}:{i}]")
+
+
+def _data_source(cfg: DataConfig, split: str) -> ShapesImageSource:
+    world = ShapesConfig.load_json(cfg.shapes_config) if cfg.shapes_config else ShapesConfig(image_size=cfg.image_size)
+    return ShapesImageSource(world, cfg.synthetic_images, split=split, caption_mode=cfg.shapes_captions)
+
+
+# The Shapes world is the project's embedded default data, not a part of data/: it adds itself.
+register_generated_source("shapes", _data_source)
 
 
 def features():

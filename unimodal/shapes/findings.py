@@ -40,7 +40,7 @@ import torch
 
 from unimodal.config import Config, ConfigError
 from unimodal.dit import (DiT, DiTConfig, SamplerConfig, dimension_shift, flow_matching_loss, noise_from_seeds, sample,
-                          sample_time)
+                          sample_drop, sample_time)
 from unimodal.rae.autoencoder import RAE
 from unimodal.rae.decoder import RAEDecoder
 from unimodal.rae.losses import EncoderPerceptualLoss, l1_loss
@@ -75,8 +75,8 @@ class FindingSettings(Config):
     lr: float = 2e-3
     # Sampling and scoring.
     samples_per_class: int = 2
-    sample_steps: int = 20
-    cfg_scale: float = 1.0           # 1 = no guidance; at a few hundred steps 2 and 4 scored lower
+    num_inference_steps: int = 20
+    guidance_scale: float = 1.0      # 1 = no guidance; at a few hundred steps 2 and 4 scored lower
     checkpoints: int = 5             # vae finding: accuracy measured every steps / checkpoints
     # The recipe's shift: every DiT here trains and samples at shift_scale x the dimension shift,
     # except the shift finding's alpha = formula and alpha = 1 runs.
@@ -96,11 +96,11 @@ class FindingSettings(Config):
 
     def __post_init__(self) -> None:
         for name in ("train_images", "eval_images", "dit_width", "dit_depth", "dit_heads", "head_width", "head_depth",
-                     "steps", "batch_size", "samples_per_class", "sample_steps", "checkpoints", "decoder_steps",
+                     "steps", "batch_size", "samples_per_class", "num_inference_steps", "checkpoints", "decoder_steps",
                      "decoder_batch", "vae_channels"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr", "decoder_lr", "vae_lr", "cfg_scale", "shift_scale"):
+        for name in ("lr", "decoder_lr", "vae_lr", "guidance_scale", "shift_scale"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.noise_tau <= 0:
@@ -110,7 +110,7 @@ class FindingSettings(Config):
 
 
 # About 30 s a finding on one CPU core with the shipped model (the tests use it on a tiny model).
-QUICK = dict(train_images=200, eval_images=20, steps=40, batch_size=16, samples_per_class=1, sample_steps=4,
+QUICK = dict(train_images=200, eval_images=20, steps=40, batch_size=16, samples_per_class=1, num_inference_steps=4,
              dit_depth=1, head_depth=1, decoder_steps=30, checkpoints=2)
 
 
@@ -336,7 +336,8 @@ class Experiment:
             x = latents[idx]
             t = sample_time(len(idx), shift=shift, generator=g, device=self.device)
             noise = torch.randn(x.shape, generator=g, device=self.device)
-            loss = flow_matching_loss(model, x, labels[idx], t, noise)
+            drop = sample_drop(len(idx), model.config.cond_dropout, device=self.device)  # global RNG, as before
+            loss = flow_matching_loss(model, x, labels[idx], t, noise, drop=drop)
             _step(opt, model, loss, step)
             losses.append(loss.item())
             if (step + 1) % max(1, s.steps // 5) == 0:
@@ -354,7 +355,7 @@ class Experiment:
         s, cfg = self.settings, model.config
         labels = torch.arange(cfg.num_classes).repeat_interleave(s.samples_per_class)
         noise = noise_from_seeds([s.seed * 1_000_003 + i for i in range(len(labels))], cfg.num_tokens, cfg.in_channels)
-        sampler = SamplerConfig(num_steps=s.sample_steps, shift=shift, guidance_scale=s.cfg_scale)
+        sampler = SamplerConfig(num_inference_steps=s.num_inference_steps, shift=shift, guidance_scale=s.guidance_scale)
         return sample(model, noise.to(self.device), labels.to(self.device), sampler).cpu(), labels
 
     def score(self, latents: torch.Tensor, labels: torch.Tensor, decode: Codec, name: str) -> dict[str, float]:

@@ -1,7 +1,8 @@
 """Shared training plumbing; one `<stage>.py` training function per stage builds on it.
+Process groups and seeding (init_distributed, barrier, all_reduce_mean, seed_everything) live in
+`unimodal.utils.distributed`, below `data/`, whose loaders share work across ranks too.
 
 - config.TrainConfig        optimisation / bookkeeping settings shared by every stage
-- distributed               init_distributed, DistInfo, barrier, all_reduce_mean, average_gradients, seed_everything
 - schedule.warmup_cosine    pure lr schedule
 - ema.EMA                   float32 EMA with an in-place swap for evaluation
 - engine.TrainEngine        plain PyTorch (AdamW, DDP) or DeepSpeed (ZeRO 0-3), same API

@@ -30,7 +30,7 @@ import torch
 import torch.distributed as tdist
 
 from unimodal.config import InputError
-from unimodal.train.distributed import barrier, broadcast_object
+from unimodal.utils.distributed import barrier, broadcast_object
 from unimodal.utils.weights import replace_directory
 
 MARKER = "COMPLETE"

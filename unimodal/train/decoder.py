@@ -27,7 +27,7 @@ from unimodal.rae.losses import (DecoderLossConfig, LinearIO, VGGLPIPS, adaptive
 from unimodal.rae.metrics import psnr, ssim
 from unimodal.train.checkpoint import resume_run, save_checkpoint
 from unimodal.train.config import TrainConfig
-from unimodal.train.distributed import all_reduce_mean, cleanup
+from unimodal.utils.distributed import all_reduce_mean, cleanup
 from unimodal.train.ema import EMA
 from unimodal.train.engine import TrainEngine
 from unimodal.train.logging import Throughput, check_finite
@@ -118,7 +118,7 @@ def train(config_path: str | None, overrides: list[str] = (), deepspeed_config: 
         rae.load_latent_stats(cfg.latent_stats_file)
     rae.to(device)
     decoder = rae.decoder
-    dec_engine = TrainEngine(decoder, train_cfg=tc, deepspeed_config=deepspeed_config, dist=dist)
+    dec_engine = TrainEngine(decoder, tc, deepspeed_config=deepspeed_config, dist=dist)
     engines = {"decoder": dec_engine}
     ema = EMA(decoder, tc.ema_decay) if tc.ema_decay is not None else None
     perceptual = None
@@ -131,8 +131,9 @@ def train(config_path: str | None, overrides: list[str] = (), deepspeed_config: 
         disc_lr = cfg.disc_lr or tc.lr
         # Always a plain engine (DDP averages its gradients): the heads are small, and the
         # generator pass below needs D's parameters as ordinary tensors.
-        disc_engine = TrainEngine(disc, train_cfg=tc, lr=disc_lr, min_lr=tc.min_lr * disc_lr / tc.lr,
-                                  total_steps=max(1, tc.total_steps - lc.disc_start_step), warmup_steps=0, dist=dist)
+        disc_train = tc.replace(lr=disc_lr, min_lr=tc.min_lr * disc_lr / tc.lr,
+                                total_steps=max(1, tc.total_steps - lc.disc_start_step), warmup_steps=0)
+        disc_engine = TrainEngine(disc, disc_train, dist=dist)
         engines["discriminator"] = disc_engine
     logger.info(f"decoder stage: {sum(p.numel() for p in decoder.parameters()) / 1e6:.1f}M decoder params, "
                 f"encoder {cfg.rae.encoder.family} ({rae.encoder.num_tokens} x {rae.encoder.channels}), "

@@ -4,12 +4,15 @@
 
 One optimiser step = `train.grad_accum` micro batches, each:
   1. x = latents [B, N, C]: from a latent cache (`unimodal cache-latents`) or `rae.encode(images)`;
-  2. t ~ logit-normal(0, 1) (or uniform) shifted by alpha = sqrt(N * C / 4096); eps ~ N(0, I);
-     labels replaced by the null label with probability dit.cond_dropout (CFG);
+  2. t ~ logit-normal(0, 1) (or uniform) moved by `shift` (default the dimension shift
+     sqrt(N * C / 4096)); eps ~ N(0, I); labels replaced by the null label with probability
+     dit.cond_dropout (CFG, `flow.sample_drop`);
   3. loss = MSE(model(x_t, t, y), eps - x) (unimodal.dit.flow).
 The noise, t and dropout of step s come from a generator seeded by (seed, rank, s, micro batch), and
 the data stream resumes at its saved position, so rerunning the command after a crash continues
-the exact loss sequence. The EMA model is exported as a `DiT.from_pretrained` directory.
+the exact loss sequence. The EMA model is exported as a `DiT.from_pretrained` directory whose
+config.json carries the sampler of the sample grids (`dit.sampler`, its shift defaulting to the
+training shift): the defaults of `unimodal sample`.
 """
 from __future__ import annotations
 
@@ -23,13 +26,13 @@ from unimodal.config import Config, ConfigError, load_config
 from unimodal.data.dataset import DataConfig, build_image_dataset
 from unimodal.data.latent_cache import LatentCacheDataset
 from unimodal.dit.config import DiTConfig
-from unimodal.dit.flow import dimension_shift, flow_matching_loss, sample_time
+from unimodal.dit.flow import flow_matching_loss, resolve_shift, sample_drop, sample_time
 from unimodal.dit.model import DiT
 from unimodal.dit.sampling import SamplerConfig, noise_from_seeds, sample
 from unimodal.rae.autoencoder import RAE
 from unimodal.train.checkpoint import resume_run, save_checkpoint
 from unimodal.train.config import TrainConfig
-from unimodal.train.distributed import all_reduce_mean, cleanup
+from unimodal.utils.distributed import all_reduce_mean, cleanup
 from unimodal.train.ema import EMA
 from unimodal.train.engine import TrainEngine
 from unimodal.train.logging import Throughput, check_finite
@@ -40,13 +43,13 @@ from unimodal.utils.weights import save_pretrained_dir
 
 @dataclasses.dataclass
 class DiTStageConfig(Config):
+    renamed = {"time_shift": "shift"}  # the key in configs written before the shift had one name
     dit: DiTConfig = dataclasses.field(default_factory=DiTConfig)
     rae: str | None = None            # RAE directory: encodes images on the fly, decodes sample grids
     latent_cache: str | None = None   # `unimodal cache-latents` output; replaces on-the-fly encoding
     data: DataConfig = dataclasses.field(default_factory=DataConfig)  # used when latent_cache is null
     time_dist: Literal["logit_normal", "uniform"] = "logit_normal"
-    time_shift: float | None = None   # None: sqrt(N * C / 4096), the dimension shift (RAE paper section 4.2)
-    sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)  # grids; shift null = time shift
+    shift: float | None = None        # None: sqrt(N * C / 4096), the dimension shift (RAE paper section 4.2)
     sample_classes: list[int] | None = None  # grid labels; None: classes 0, 1, ... (one per image)
     sample_images: int = 8
     device: Literal["cpu", "cuda"] | None = None
@@ -59,10 +62,12 @@ class DiTStageConfig(Config):
             raise ConfigError("set latent_cache (from `unimodal cache-latents`) or rae (to encode images on the fly)")
         if self.train.sample_every and self.rae is None:
             raise ConfigError("sample grids are decoded with the RAE: set rae, or train.sample_every=0")
-        if self.time_shift is not None and self.time_shift <= 0:
-            raise ConfigError(f"time_shift must be > 0 or null (dimension shift), got {self.time_shift}")
-        if self.sampler.guidance_scale != 1.0 and (self.dit.cond_mode == "none" or self.sampler.guidance == "autoguidance"):
-            raise ConfigError("sample grids support CFG on class-conditional models only; set sampler.guidance_scale=1")
+        if self.shift is not None and self.shift <= 0:
+            raise ConfigError(f"shift must be > 0 or null (dimension shift), got {self.shift}")
+        sampler = self.dit.sampler or SamplerConfig()
+        if sampler.guidance_scale != 1.0 and (self.dit.cond_mode == "none" or sampler.guidance == "autoguidance"):
+            raise ConfigError("sample grids support CFG on class-conditional models only; "
+                              "set dit.sampler.guidance_scale=1")
         if self.sample_images < 1:
             raise ConfigError(f"sample_images must be >= 1, got {self.sample_images}")
         if self.sample_classes is not None and self.dit.cond_mode == "class":
@@ -98,26 +103,23 @@ def build_dataset(cfg: DiTStageConfig, rae: RAE | None, dist, log):
 
 
 @torch.no_grad()
-def sample_grid(model: DiT, rae: RAE, cfg: DiTStageConfig, sampler: SamplerConfig, device: torch.device) -> torch.Tensor:
-    """Decoded images [n, 3, S, S] in [0, 1] from fixed seeds 0..n-1 (comparable across steps)."""
+def sample_grid(model: DiT, rae: RAE, cfg: DiTStageConfig, device: torch.device) -> torch.Tensor:
+    """Decoded images [n, 3, S, S] in [0, 1] from fixed seeds 0..n-1 (comparable across steps), with
+    the model's own sampler."""
     n, dc = cfg.sample_images, cfg.dit
     noise = noise_from_seeds(range(n), dc.num_tokens, dc.in_channels, device)
     labels = None
     if dc.cond_mode == "class":
         classes = cfg.sample_classes or list(range(min(n, dc.num_classes)))
         labels = torch.tensor([classes[i % len(classes)] for i in range(n)], device=device)
-    latents = sample(model, noise, labels, sampler)
+    latents = sample(model, noise, labels, model.config.sampler)
     return rae.decode(latents)
 
 
-SAMPLER_FILE = "sampler.json"  # the training shift and grid sampler, read by `unimodal sample` as defaults
-
-
-def export_dit(model: DiT, ema: EMA | None, sampler: SamplerConfig, directory: Path) -> None:
+def export_dit(model: DiT, ema: EMA | None, directory: Path) -> None:
     """Save the EMA weights (live weights without EMA) in float32 as a DiT.from_pretrained directory."""
     state = ema.export_state_dict(model) if ema is not None else model.state_dict()
-    save_pretrained_dir(directory, model.config, {k: v.detach().float().cpu() for k, v in state.items()},
-                        extra_files={SAMPLER_FILE: sampler.to_json_string()})
+    save_pretrained_dir(directory, model.config, {k: v.detach().float().cpu() for k, v in state.items()})
 
 
 def train(config_path: str | None, overrides: list[str] = (), deepspeed_config: str | None = None) -> Path:
@@ -131,11 +133,13 @@ def train(config_path: str | None, overrides: list[str] = (), deepspeed_config: 
     if rae is not None:
         _check_latent_shape(cfg, rae.config.encoder.num_tokens, rae.config.encoder.channels, f"RAE {cfg.rae}")
     dataset = build_dataset(cfg, rae, dist, logger.info)
-    model = DiT(dc)
-    engine = TrainEngine(model, train_cfg=tc, deepspeed_config=deepspeed_config, dist=dist)
+    shift = resolve_shift(cfg.shift, dc.num_tokens, dc.in_channels)
+    sampler = dc.sampler or SamplerConfig()
+    # The grids sample at the training shift unless dit.sampler names another; the export keeps
+    # this sampler in its config.json.
+    model = DiT(dc.replace(sampler=sampler if sampler.shift is not None else sampler.replace(shift=shift)))
+    engine = TrainEngine(model, tc, deepspeed_config=deepspeed_config, dist=dist)
     ema = EMA(engine.module, tc.ema_decay) if tc.ema_decay is not None else None
-    shift = cfg.time_shift if cfg.time_shift is not None else dimension_shift(dc.num_tokens, dc.in_channels)
-    sampler = cfg.sampler if cfg.sampler.shift is not None else cfg.sampler.replace(shift=shift)
     logger.info(f"dit stage: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params "
                 f"({'DiT^DH' if dc.is_dh else 'LightningDiT'}), latents {dc.num_tokens} x {dc.in_channels} from "
                 f"{'cache ' + cfg.latent_cache if cfg.latent_cache else 'RAE on the fly'}, {len(dataset)} items, "
@@ -168,7 +172,7 @@ def train(config_path: str | None, overrides: list[str] = (), deepspeed_config: 
             g = torch.Generator(device=device).manual_seed(derive_seed(tc.seed, dist.rank, step, micro))
             t = sample_time(B, dist=cfg.time_dist, shift=shift, generator=g, device=device)
             noise = torch.randn(x.shape, generator=g, device=device)
-            drop = torch.rand(B, generator=g, device=device) < dc.cond_dropout if y is not None else None
+            drop = sample_drop(B, dc.cond_dropout, generator=g, device=device) if y is not None else None
             with engine.autocast():
                 loss = flow_matching_loss(engine, x, y, t, noise, drop=drop)
             check_finite(loss, step)
@@ -189,7 +193,7 @@ def train(config_path: str | None, overrides: list[str] = (), deepspeed_config: 
             module = engine.module
             module.eval()
             with ema.swapped(module) if ema is not None else torch.no_grad(), engine.autocast():
-                images = sample_grid(module, rae, cfg, sampler, device)
+                images = sample_grid(module, rae, cfg, device)
             module.train()
             if dist.is_main:
                 from torchvision.utils import save_image
@@ -205,7 +209,7 @@ def train(config_path: str | None, overrides: list[str] = (), deepspeed_config: 
 
     export = Path(tc.run_dir) / "export"
     if dist.is_main:
-        export_dit(engine.module, ema, sampler, export)
+        export_dit(engine.module, ema, export)
         logger.info(f"exported the {'EMA ' if ema is not None else ''}DiT to {export} (DiT.from_pretrained)")
     logger.close()
     engine.close()

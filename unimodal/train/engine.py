@@ -13,7 +13,7 @@ A stage's loop reads the same in both modes::
 Plain mode: torch AdamW over the given parameter groups (each may carry its own `lr`, `betas`,
 `weight_decay`); with several processes the module is wrapped in DDP and gradients are only
 synchronised on the accumulation boundary. DeepSpeed mode: `deepspeed.initialize` with the JSON
-config whose batch / accumulation / clipping / bf16 fields are filled from the arguments here
+config whose batch / accumulation / clipping / bf16 fields are filled from the TrainConfig
 (a conflicting value in the JSON is an error), ZeRO stages 0-3; the optimiser is still ours.
 
 Everything trainable that one loss touches must live in the one module given here (wrap several
@@ -34,12 +34,9 @@ import torch
 
 from unimodal.config import ConfigError
 from unimodal.train.config import TrainConfig
-from unimodal.train.distributed import DistInfo, ensure_process_group
+from unimodal.utils.distributed import DistInfo, ensure_process_group
 from unimodal.train.schedule import warmup_cosine
 from unimodal.utils.weights import load_state_dict_strict
-
-
-_FROM_CFG = object()  # grad_clip default: None is a real value (clipping off)
 
 
 @dataclasses.dataclass
@@ -118,31 +115,16 @@ def _split_groups(module: torch.nn.Module, param_groups: Iterable[dict] | None) 
 
 
 class TrainEngine:
-    def __init__(self, module: torch.nn.Module, param_groups: Iterable[dict] | None = None, *,
-                 train_cfg: TrainConfig | None = None, lr: float | None = None, min_lr: float | None = None,
-                 betas: tuple[float, float] | None = None, weight_decay: float | None = None,
-                 grad_accum: int | None = None, grad_clip: Any = _FROM_CFG, bf16: bool | None = None,
-                 batch_size: int | None = None, total_steps: int | None = None, warmup_steps: int | None = None,
+    def __init__(self, module: torch.nn.Module, config: TrainConfig, param_groups: Iterable[dict] | None = None, *,
                  deepspeed_config: str | dict | None = None, dist: DistInfo | None = None,
                  find_unused_parameters: bool = False):
-        """`param_groups`: dicts with "params" and optionally "lr" (peak), "min_lr", "betas",
-        "weight_decay", "name"; default one group of all trainable parameters. A group without its
-        own "min_lr" gets `min_lr * group_lr / lr` (the same cosine shape, scaled).
-        Explicit keyword arguments override the corresponding `train_cfg` fields."""
-        cfg = train_cfg or TrainConfig()
-        pick = lambda v, d: d if v is None else v  # noqa: E731
-        self.lr = float(pick(lr, cfg.lr))
-        self.min_lr = float(pick(min_lr, cfg.min_lr))
-        self.betas = tuple(pick(betas, cfg.betas))
-        self.weight_decay = float(pick(weight_decay, cfg.weight_decay))
-        self.grad_accum = int(pick(grad_accum, cfg.grad_accum))
-        self.grad_clip = cfg.grad_clip if grad_clip is _FROM_CFG else grad_clip
-        self.bf16 = bool(pick(bf16, cfg.bf16))
-        self.batch_size = int(pick(batch_size, cfg.batch_size))
-        self.total_steps = int(pick(total_steps, cfg.total_steps))
-        self.warmup_steps = int(pick(warmup_steps, cfg.warmup_steps))
-        if self.grad_accum < 1:
-            raise ConfigError(f"grad_accum must be >= 1, got {self.grad_accum}")
+        """`config` gives the optimiser (lr, min_lr, betas, weight_decay), the schedule (total_steps,
+        warmup_steps), batch_size, grad_accum, grad_clip and bf16; a second optimiser with other
+        settings takes `config.replace(...)`. `param_groups`: dicts with "params" and optionally "lr"
+        (peak), "min_lr", "betas", "weight_decay", "name"; default one group of all trainable
+        parameters. A group without its own "min_lr" gets `min_lr * group_lr / lr` (the same cosine
+        shape, scaled)."""
+        self.config = config
         self.dist = dist or DistInfo()
         self.micro_steps = 0
         self.optimizer_steps = 0
@@ -151,23 +133,24 @@ class TrainEngine:
         groups = _split_groups(module, param_groups)
         self._base = []  # (peak lr, min lr) per group; kept here so a resumed run follows the new config
         for g in groups:
-            peak = float(g.pop("lr", self.lr))
-            floor = float(g.pop("min_lr", self.min_lr * peak / self.lr))
+            peak = float(g.pop("lr", self.config.lr))
+            floor = float(g.pop("min_lr", self.config.min_lr * peak / self.config.lr))
             self._base.append((peak, floor))
             g["lr"] = peak
-            g.setdefault("betas", self.betas)
-            g.setdefault("weight_decay", self.weight_decay)
+            g.setdefault("betas", self.config.betas)
+            g.setdefault("weight_decay", self.config.weight_decay)
         self._trainable = [p for g in groups for p in g["params"]]
 
         self.deepspeed = deepspeed_config is not None
         if self.deepspeed:
+            c = self.config
             self.ds_config = fill_deepspeed_config(
-                _load_ds_config(deepspeed_config), micro_batch=self.batch_size, grad_accum=self.grad_accum,
-                world_size=self.dist.world_size, grad_clip=self.grad_clip, bf16=self.bf16)
+                _load_ds_config(deepspeed_config), micro_batch=c.batch_size, grad_accum=c.grad_accum,
+                world_size=self.dist.world_size, grad_clip=c.grad_clip, bf16=c.bf16)
             self._init_deepspeed(module, groups)
         else:
             self.ds_config = None
-            self.optimizer = torch.optim.AdamW(groups, lr=self.lr)
+            self.optimizer = torch.optim.AdamW(groups, lr=self.config.lr)
             self._module = module
             self._wrapped = module
             if self.dist.distributed:
@@ -185,9 +168,9 @@ class TrainEngine:
             # DeepSpeed refuses a torch optimiser with optimizer offload; its CPU Adam is AdamW here.
             from deepspeed.ops.adam import DeepSpeedCPUAdam
 
-            optimizer = DeepSpeedCPUAdam(groups, lr=self.lr, adamw_mode=True)
+            optimizer = DeepSpeedCPUAdam(groups, lr=self.config.lr, adamw_mode=True)
         else:
-            optimizer = torch.optim.AdamW(groups, lr=self.lr)
+            optimizer = torch.optim.AdamW(groups, lr=self.config.lr)
         self._ds, self.optimizer, _, _ = deepspeed.initialize(
             model=module, optimizer=optimizer, config=self.ds_config, dist_init_required=False)
         self._module = self._ds.module
@@ -213,10 +196,10 @@ class TrainEngine:
 
     def is_boundary_next(self) -> bool:
         """True when the next backward completes an accumulation cycle."""
-        return (self.micro_steps + 1) % self.grad_accum == 0
+        return (self.micro_steps + 1) % self.config.grad_accum == 0
 
     def autocast(self):
-        if not self.bf16:
+        if not self.config.bf16:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.dist.device.type, dtype=torch.bfloat16)
 
@@ -229,7 +212,7 @@ class TrainEngine:
         if self.deepspeed:
             self._ds.backward(loss)  # DeepSpeed divides by gradient_accumulation_steps itself
         else:
-            (loss / self.grad_accum).backward()
+            (loss / self.config.grad_accum).backward()
         self.micro_steps += 1
 
     def _grad_norm(self) -> torch.Tensor:
@@ -251,14 +234,14 @@ class TrainEngine:
             norm = float(norm) if norm is not None else math.nan
             stepped = bool(getattr(self._ds, "_step_applied", True))
         else:
-            if self.micro_steps % self.grad_accum != 0:
+            if self.micro_steps % self.config.grad_accum != 0:
                 return None
             norm_t = self._grad_norm()
             norm = float(norm_t)
             stepped = math.isfinite(norm)
             if stepped:
-                if self.grad_clip is not None:
-                    torch.nn.utils.clip_grads_with_norm_(self._trainable, self.grad_clip, norm_t)
+                if self.config.grad_clip is not None:
+                    torch.nn.utils.clip_grads_with_norm_(self._trainable, self.config.grad_clip, norm_t)
                 self.optimizer.step()
             else:
                 norm = math.nan  # skip the update: one bad batch must not poison the weights
@@ -279,7 +262,7 @@ class TrainEngine:
 
     # ----------------------------------------------------------------------------------------------
     def lr_at(self, step: int) -> list[float]:
-        return [warmup_cosine(step, total_steps=self.total_steps, warmup_steps=self.warmup_steps,
+        return [warmup_cosine(step, total_steps=self.config.total_steps, warmup_steps=self.config.warmup_steps,
                               base_lr=peak, min_lr=floor) for peak, floor in self._base]
 
     def set_lr(self, step: int) -> list[float]:

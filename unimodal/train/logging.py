@@ -1,5 +1,5 @@
 """Run logging: rank 0 writes text to stdout + `run_dir/train.log`, metrics to `run_dir/metrics.jsonl`
-(and TensorBoard when it is installed). Stops the run on a non-finite loss (STYLE 9).
+(and TensorBoard when it is installed). Stops the run on a non-finite loss: a NaN never recovers, and every later step would be wasted.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import torch
 import torch.distributed as tdist
 
 from unimodal.config import Config, atomic_write_text
-from unimodal.train.distributed import DistInfo
+from unimodal.utils.distributed import DistInfo
 
 
 class NonFiniteLossError(RuntimeError):

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from unimodal.train.distributed import DistInfo
+from unimodal.utils.distributed import DistInfo
 
 
 def derive_seed(*parts: int) -> int:

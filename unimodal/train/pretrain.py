@@ -27,7 +27,7 @@ from unimodal.config import Config, ConfigError, load_config
 from unimodal.data.dataset import DataConfig, build_image_dataset
 from unimodal.train.checkpoint import resume_run, save_checkpoint
 from unimodal.train.config import TrainConfig
-from unimodal.train.distributed import all_reduce_mean, cleanup
+from unimodal.utils.distributed import all_reduce_mean, cleanup
 from unimodal.train.ema import EMA
 from unimodal.train.engine import TrainEngine
 from unimodal.train.logging import RunLogger, Throughput, check_finite
@@ -44,6 +44,7 @@ DEFAULT_SAMPLE_PROMPTS = ["a red circle", "two blue squares", "a green triangle 
 
 @dataclasses.dataclass
 class UnifiedStageConfig(Config):
+    renamed = {"sample_steps": "sample_num_inference_steps"}  # the key in configs written before diffusers' names
     model: UnifiedConfig = dataclasses.field(default_factory=UnifiedConfig)
     init_from: str | None = None          # a unified model directory; None = build from `model`
     llm_mode: LLMMode = "full"
@@ -60,7 +61,7 @@ class UnifiedStageConfig(Config):
     data: DataConfig = dataclasses.field(default_factory=lambda: DataConfig(captions=True))
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     sample_prompts: list[str] = dataclasses.field(default_factory=lambda: list(DEFAULT_SAMPLE_PROMPTS))
-    sample_steps: int = 25                # DiT steps for the sample grids
+    sample_num_inference_steps: int = 25  # DiT steps for the sample grids
     device: Literal["cpu", "cuda"] | None = None
 
     def __post_init__(self) -> None:
@@ -72,8 +73,8 @@ class UnifiedStageConfig(Config):
             raise ConfigError(f"llm_lr and dit_lr must be > 0, got {self.llm_lr} / {self.dit_lr}")
         if self.dataset == "images" and not self.data.captions:
             raise ConfigError("the unified stages need captions: set data.captions=true")
-        if self.sample_steps < 1:
-            raise ConfigError(f"sample_steps must be >= 1, got {self.sample_steps}")
+        if self.sample_num_inference_steps < 1:
+            raise ConfigError(f"sample_num_inference_steps must be >= 1, got {self.sample_num_inference_steps}")
         if self.train.sample_every and not self.sample_prompts:
             raise ConfigError("train.sample_every > 0 needs sample_prompts")
 
@@ -162,7 +163,7 @@ def run_stage(cfg: UnifiedStageConfig, deepspeed_config: str | None, stage: str,
     groups = param_groups(model, llm_lr=cfg.llm_lr, llm_betas=cfg.llm_betas, dit_lr=cfg.dit_lr, dit_betas=cfg.dit_betas,
                           weight_decay=tc.weight_decay)
     # The built model's shift, not cfg.model's: with init_from the saved config is the one that samples.
-    engine = TrainEngine(JointLoss(model, cfg.fm_weight, model.config.shift, cfg.fm_repeats), groups, train_cfg=tc,
+    engine = TrainEngine(JointLoss(model, cfg.fm_weight, model.config.shift, cfg.fm_repeats), tc, groups,
                          deepspeed_config=deepspeed_config, dist=dist)
     model = engine.module.model
     ema = EMA(model, tc.ema_decay) if tc.ema_decay is not None else None
@@ -246,4 +247,4 @@ def _sample(model: UnifiedModel, ema: EMA | None, cfg: UnifiedStageConfig, path:
 
     with ema.swapped(model) if ema is not None else torch.no_grad():
         critique_grid(model, cfg.sample_prompts, path if is_main else None, seed=cfg.train.seed,
-                      num_steps=cfg.sample_steps)
+                      num_inference_steps=cfg.sample_num_inference_steps)

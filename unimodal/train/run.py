@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from unimodal.config import Config
-from unimodal.train.distributed import DistInfo, init_distributed, seed_everything
+from unimodal.utils.distributed import DistInfo, init_distributed, seed_everything
 from unimodal.train.logging import RunLogger, save_resolved_config
 
 

@@ -1,4 +1,4 @@
-"""Learning-rate schedule as a pure function of the step (nanoGPT's `get_lr`, STYLE 5)."""
+"""Learning-rate schedule as a pure function of the step (like nanoGPT's `get_lr`), so a resumed run needs only the step."""
 from __future__ import annotations
 
 import math

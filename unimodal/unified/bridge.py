@@ -1,4 +1,4 @@
-"""The three small modules that join the LLM to the latent space (REFERENCE.md section 4).
+"""The three small modules that join the LLM to the latent space (Scale-RAE's, after MetaQuery).
 
 - :class:`Projector` (understanding): latent tokens [B, N, C] -> LLM embeddings [B, N, H],
   LLaVA's ``mlp2x_gelu`` = Linear(C -> H), GELU, Linear(H -> H) (Scale-RAE ``mm_projector.{0,2}``).

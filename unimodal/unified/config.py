@@ -1,4 +1,4 @@
-"""`UnifiedConfig`: the LLM, the RAE, the DiT and the bridge between them (STYLE 2).
+"""`UnifiedConfig`: the LLM, the RAE, the DiT and the bridge between them.
 
 The LLM is described by its Qwen2 config fields (`llm`), so a saved unified directory rebuilds it
 without the original checkpoint. `init_*_from` paths only seed weights when a model is first built
@@ -24,6 +24,8 @@ TINY_QWEN2 = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, nu
 
 @dataclasses.dataclass
 class UnifiedConfig(Config):
+    # config.json files written before the diffusers names (the shipped model's until this release).
+    renamed = {"cfg_scale": "guidance_scale", "num_steps": "num_inference_steps"}
     # Qwen2Config fields; may stay empty when `init_llm_from` names a Qwen2.5 checkpoint.
     llm: dict[str, Any] = dataclasses.field(default_factory=dict)
     init_llm_from: str | None = "Qwen/Qwen2.5-1.5B-Instruct"  # directory (or cached hub id): weights + tokenizer
@@ -36,9 +38,9 @@ class UnifiedConfig(Config):
     connector_depth: int = 1                # 1 = Scale-RAE's single Linear diff_head_projector
     system_prompt: str | None = None        # None = no system turn (shorter sequences)
     generate_template: str = "Generate an image: {prompt}"  # the user turn of a text-to-image request
-    # Sampling defaults used by generate / verify / the CLI.
-    num_steps: int = 50
-    cfg_scale: float = 1.0                  # 1.0 = no guidance (the unconditional pass is skipped)
+    # Sampling defaults used by generate / verify / the CLI; `shift` is also the training shift.
+    num_inference_steps: int = 50
+    guidance_scale: float = 1.0             # 1.0 = no guidance (the unconditional pass is skipped)
     shift: float | None = None              # None = the dimension shift sqrt(N * C / 4096)
 
     def __post_init__(self) -> None:
@@ -51,16 +53,19 @@ class UnifiedConfig(Config):
             raise ConfigError(f"unified.dit.cond_mode must be 'tokens' (token-aligned conditioning), got {d.cond_mode!r}")
         if d.cond_in_dim is not None:
             raise ConfigError("unified.dit.cond_in_dim must be null: the connector already maps H -> dit.cond_dim")
+        if d.sampler is not None:
+            raise ConfigError("unified.dit.sampler must be null: the unified model samples with unified."
+                              "num_inference_steps, guidance_scale and shift")
         n, c = self.num_latent_tokens, self.latent_dim
         if (d.num_tokens, d.in_channels) != (n, c):
             raise ConfigError(f"unified.dit latent shape ({d.num_tokens} tokens x {d.in_channels}) must match the RAE's "
                               f"({n} x {c}); set dit.num_tokens={n} dit.in_channels={c}")
         if self.connector_depth < 1:
             raise ConfigError(f"unified.connector_depth must be >= 1, got {self.connector_depth}")
-        if self.num_steps < 1:
-            raise ConfigError(f"unified.num_steps must be >= 1, got {self.num_steps}")
-        if self.cfg_scale < 0:
-            raise ConfigError(f"unified.cfg_scale must be >= 0, got {self.cfg_scale}")
+        if self.num_inference_steps < 1:
+            raise ConfigError(f"unified.num_inference_steps must be >= 1, got {self.num_inference_steps}")
+        if self.guidance_scale < 0:
+            raise ConfigError(f"unified.guidance_scale must be >= 0, got {self.guidance_scale}")
         if self.shift is not None and self.shift <= 0:
             raise ConfigError(f"unified.shift must be > 0 or null (dimension shift), got {self.shift}")
 
@@ -81,4 +86,4 @@ def tiny_unified_config(**changes: Any) -> UnifiedConfig:
                                                         patch_size=enc.patch_size))
     dit = DiTConfig(in_channels=enc.channels, num_tokens=enc.num_tokens, hidden_size=64, depth=2, num_heads=4,
                     cond_mode="tokens", cond_dim=64)
-    return UnifiedConfig.from_dict({**dict(llm=dict(TINY_QWEN2), init_llm_from=None, rae=rae, dit=dit, num_steps=8), **changes})
+    return UnifiedConfig.from_dict({**dict(llm=dict(TINY_QWEN2), init_llm_from=None, rae=rae, dit=dit, num_inference_steps=8), **changes})

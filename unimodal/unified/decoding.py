@@ -17,7 +17,7 @@ from unimodal.unified.chat import ChatBatch
 
 
 def sample_seed(seed: int, prompt: str, index: int) -> int:
-    """The noise seed of candidate `index` for `prompt` under run seed `seed` (STYLE 13): any image
+    """The noise seed of candidate `index` for `prompt` under run seed `seed`: any image
     is regenerated from (seed, prompt, index) alone, whatever the batch, n or device."""
     digest = hashlib.sha256(f"{int(seed)}\x00{prompt}\x00{int(index)}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
@@ -87,16 +87,18 @@ def decode_text(model, batch: ChatBatch, latents: torch.Tensor | None = None, *,
 
 
 @torch.no_grad()
-def sample_latents(model, cond: torch.Tensor, seeds: Sequence[int], *, num_steps: int | None = None,
-                   cfg_scale: float | None = None, shift: float | None = None, method: str = "euler",
+def sample_latents(model, cond: torch.Tensor, seeds: Sequence[int], *, num_inference_steps: int | None = None,
+                   guidance_scale: float | None = None, shift: float | None = None, method: str = "euler",
                    batch_size: int = 16) -> torch.Tensor:
     """DiT ODE from seeded noise to latents [B, N, C] under token conditioning [B, N, Dc], with
-    classifier-free guidance against the DiT's learned null condition (`cfg_scale` 1 = off)."""
-    cfg = model.config
+    classifier-free guidance against the DiT's learned null condition (`guidance_scale` 1 = off).
+    A setting left None is the model config's."""
+    config = model.config
     # `is None`, not `or`: 0 steps must be refused by SamplerConfig, not quietly become the default.
-    sampler = SamplerConfig(method=method, num_steps=cfg.num_steps if num_steps is None else num_steps,
-                            shift=shift if shift is not None else cfg.shift,
-                            guidance_scale=cfg.cfg_scale if cfg_scale is None else cfg_scale)
+    sampler = SamplerConfig(
+        method=method, shift=config.shift if shift is None else shift,
+        num_inference_steps=config.num_inference_steps if num_inference_steps is None else num_inference_steps,
+        guidance_scale=config.guidance_scale if guidance_scale is None else guidance_scale)
     if cond.shape[0] != len(seeds):
         raise ValueError(f"{cond.shape[0]} conditions but {len(seeds)} seeds")
     was_training = model.dit.training
@@ -104,7 +106,7 @@ def sample_latents(model, cond: torch.Tensor, seeds: Sequence[int], *, num_steps
     try:
         chunks = []
         for i in range(0, len(seeds), batch_size):
-            noise = noise_from_seeds(seeds[i:i + batch_size], cfg.num_latent_tokens, cfg.latent_dim, model.device)
+            noise = noise_from_seeds(seeds[i:i + batch_size], config.num_latent_tokens, config.latent_dim, model.device)
             chunks.append(sample(model.dit, noise, cond[i:i + batch_size].float(), sampler))
     finally:
         model.dit.train(was_training)

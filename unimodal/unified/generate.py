@@ -1,6 +1,6 @@
 """Text-to-image with best-of-N self-verification, captioning and verification on latents.
 
-Self-verification (Scale-RAE section 5; REFERENCE.md section 5) reads the *latent*, never pixels:
+Self-verification (Scale-RAE section 5) reads the *latent*, never pixels:
 - yes-prob: P(yes) = softmax over the (yes, no) logits of the first answer token after
   "Does this image align with the prompt: {p}?";
 - likelihood: the mean log-prob of the prompt's tokens, teacher forced as the answer to
@@ -135,8 +135,8 @@ def verify(model, latents: torch.Tensor, prompts: Sequence[str], batch_size: int
 # ---------------------------------------------------------------------- generation
 @torch.no_grad()
 def generate_images(model, prompts: Sequence[str] | str, *, n: int = 1, keep: int | None = None,
-                    judge: Judge | None = "yes_prob", seed: int = 0, num_steps: int | None = None,
-                    cfg_scale: float | None = None, decode: bool = True, batch_size: int = 16) -> GenerateOutput:
+                    judge: Judge | None = "yes_prob", seed: int = 0, num_inference_steps: int | None = None,
+                    guidance_scale: float | None = None, decode: bool = True, batch_size: int = 16) -> GenerateOutput:
     """`n` candidates per prompt, scored by both judges when `judge` is set, the best `keep`
     (default all) decoded to images. The LLM runs once per prompt; only the DiT noise differs."""
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
@@ -157,7 +157,8 @@ def generate_images(model, prompts: Sequence[str] | str, *, n: int = 1, keep: in
     cond = torch.cat(conds).repeat_interleave(n, dim=0)                        # [P * n, N, Dc]
     flat_prompts = [p for p in prompts for _ in range(n)]
     seeds = [sample_seed(seed, p, k) for p in prompts for k in range(n)]
-    latents = sample_latents(model, cond, seeds, num_steps=num_steps, cfg_scale=cfg_scale, batch_size=batch_size)
+    latents = sample_latents(model, cond, seeds, num_inference_steps=num_inference_steps,
+                             guidance_scale=guidance_scale, batch_size=batch_size)
     scores = verify(model, latents, flat_prompts, batch_size) if judge is not None else None
 
     out: list[list[Candidate]] = []

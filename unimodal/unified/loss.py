@@ -1,11 +1,12 @@
-"""The joint training objective (Scale-RAE section 3; REFERENCE.md section 4), as a function.
+"""The joint training objective (Scale-RAE section 3), as a function.
 
 loss = CE(next token, labelled text only) + fm_weight * flow-matching MSE at the query spans.
 
 The flow term: the LLM's hidden states at the queries -> connector -> token conditioning of the
 DiT, which predicts the velocity of the target latent noised at a logit-normal time moved by the
-dimension shift; with probability `dit.cond_dropout` (10 %) a sample's whole conditioning is
-swapped for the DiT's learned null vector, which is what classifier-free guidance needs later.
+shift (default the dimension shift); with probability `dit.cond_dropout` (10 %) a sample's whole
+conditioning is swapped for the DiT's learned null vector, which is what classifier-free guidance
+needs later. Time, noise and dropout come from `generator` (the global RNG when None), in that order.
 With `fm_repeats` = k > 1 each target is noised at k independent (time, noise) draws under the
 same conditioning (MAR's diffusion batch multiplier, Li et al. 2024): the DiT gets k times the
 samples per LLM pass, which is the cheap half of a step.
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unimodal.dit.flow import dimension_shift, flow_matching_loss, sample_time
+from unimodal.dit.flow import flow_matching_loss, resolve_shift, sample_drop, sample_time
 from unimodal.unified.chat import IGNORE, ChatBatch
 
 
@@ -72,10 +73,10 @@ def joint_loss(model, batch: ChatBatch, latents: torch.Tensor | None, *, fm_weig
         if fm_repeats > 1:
             x0, cond = x0.repeat_interleave(fm_repeats, 0), cond.repeat_interleave(fm_repeats, 0)
         draws = x0.shape[0]                                                  # G x fm_repeats
-        alpha = shift if shift is not None else dimension_shift(x0.shape[1], x0.shape[2])
-        t = sample_time(draws, dist=time_dist, shift=alpha, generator=generator, device=device)
+        t = sample_time(draws, dist=time_dist, shift=resolve_shift(shift, x0.shape[1], x0.shape[2]),
+                        generator=generator, device=device)
         noise = torch.randn(x0.shape, generator=generator, device=device).to(dt)
-        drop = model.dit.sample_drop(draws, device)
+        drop = sample_drop(draws, model.dit.config.cond_dropout, generator=generator, device=device)
         fm = flow_matching_loss(model.dit, x0, cond, t, noise, drop=drop)
     else:
         fm = torch.zeros((), device=device)

@@ -1,12 +1,12 @@
 """`UnifiedModel`: Qwen2 LLM + frozen RAE (SigLIP-2 encoder, ViT decoder) + token-conditioned DiT.
 
-The data flow (REFERENCE.md section 1): an image the model reads is a latent [N, C] projected to N
+The data flow (Scale-RAE's): an image the model reads is a latent [N, C] projected to N
 LLM embeddings; an image it writes is N learnable queries whose final hidden states (after the
 LLM's final norm) pass through the connector into the DiT as token-aligned conditioning. Both
 kinds sit at ``<|image_pad|>`` positions of the conversation (see `unimodal.unified.chat`).
 
 This module holds the network and persistence only; the loss is in `unimodal.unified.loss`,
-decoding loops and self-verification in `unimodal.unified.generate` (STYLE 5).
+decoding loops and self-verification in `unimodal.unified.generate`, as functions outside the network.
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ class UnifiedForward:
     """What one LLM pass gives back."""
     hidden: torch.Tensor                    # [B, L, H] final hidden states (after the final norm)
     query_hidden: torch.Tensor | None       # [G, N, H] hidden states at the query positions
-    past_key_values: object | None          # transformers Cache when use_cache
+    cache: object | None                    # transformers Cache when use_cache
 
 
 def _llm_config_dict(config: Qwen2Config) -> dict:
@@ -169,23 +169,23 @@ class UnifiedModel(nn.Module):
         return embeds
 
     def run_llm(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None, past_key_values=None,
+                position_ids: torch.Tensor | None = None, cache=None,
                 use_cache: bool = False):
         """The decoder stack (no LM head): final hidden states after the final norm."""
         return self.llm.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
-                              past_key_values=past_key_values, use_cache=use_cache)
+                              cache=cache, use_cache=use_cache)
 
-    def forward(self, batch: ChatBatch, latents: torch.Tensor | None = None, *, past_key_values=None,
+    def forward(self, batch: ChatBatch, latents: torch.Tensor | None = None, *, cache=None,
                 use_cache: bool = False) -> UnifiedForward:
         """One LLM pass over a collated batch. `latents` [*, N, C] are indexed by `batch.read_refs`."""
         read = latents[batch.read_refs] if batch.read_refs.numel() else None
         embeds = self.embed(batch.input_ids, batch.read_mask, read, batch.write_mask)
-        out = self.run_llm(embeds, batch.attention_mask, batch.position_ids, past_key_values, use_cache)
+        out = self.run_llm(embeds, batch.attention_mask, batch.position_ids, cache, use_cache)
         hidden = out.last_hidden_state                                        # [B, L, H]
         query_hidden = None
         if bool(batch.write_mask.any()):
             query_hidden = hidden[batch.write_mask].view(-1, self.config.num_latent_tokens, hidden.shape[-1])
-        return UnifiedForward(hidden, query_hidden, out.past_key_values if use_cache else None)
+        return UnifiedForward(hidden, query_hidden, out.cache if use_cache else None)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.llm.lm_head(hidden)

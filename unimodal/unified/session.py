@@ -27,10 +27,11 @@ class Turn:
 
 
 class Session:
-    def __init__(self, model, *, seed: int = 0, num_steps: int | None = None, cfg_scale: float | None = None):
+    def __init__(self, model, *, seed: int = 0, num_inference_steps: int | None = None,
+                 guidance_scale: float | None = None):
         self.model = model
         self.seed = seed
-        self.num_steps, self.cfg_scale = num_steps, cfg_scale
+        self.num_inference_steps, self.guidance_scale = num_inference_steps, guidance_scale
         self.cache = DynamicCache(config=model.llm.config)
         self.length = 0                       # tokens in the cache (positions 0 .. length-1)
         self.images_drawn = 0
@@ -102,8 +103,8 @@ class Session:
         hidden = self._feed(model.queries(1))                                   # [1, N, H]
         s = sample_seed(self.seed, self._last_user_text, self.images_drawn)
         self.images_drawn += 1
-        latent = sample_latents(model, model.condition(hidden), [s], num_steps=self.num_steps,
-                                cfg_scale=self.cfg_scale)[0]
+        latent = sample_latents(model, model.condition(hidden), [s], num_inference_steps=self.num_inference_steps,
+                                guidance_scale=self.guidance_scale)[0]
         # Swap the queries for the drawn latent: the history now reads it like any input image.
         self.cache.crop(before - self.length)        # transformers 5: a negative count removes tokens
         self.length = before

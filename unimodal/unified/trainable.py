@@ -1,6 +1,6 @@
 """Which parameters learn, in which optimiser group, and LoRA merging.
 
-LLM modes (REFERENCE.md section 4):
+LLM modes:
 - ``full`` (Scale-RAE): the whole LLM trains.
 - ``frozen`` (MetaQuery): the LLM is frozen except the embedding rows of the image-span tokens
   (``<|vision_start|>`` / ``<|vision_end|>``), so the model can still learn to ask for an image;

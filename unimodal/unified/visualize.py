@@ -19,13 +19,14 @@ def _to_pil(image: torch.Tensor, size: int):
 
 
 def critique_grid(model, prompts: Sequence[str], path: str | Path | None, *, seed: int = 0,
-                  num_steps: int | None = None, cell: int = 160, max_caption_tokens: int = 24) -> list[dict]:
+                  num_inference_steps: int | None = None, cell: int = 160, max_caption_tokens: int = 24) -> list[dict]:
     """Generate one image per prompt, caption it from its latent and judge it; write a PNG grid
     (prompt, image, P(yes) and the model's caption per cell) and a JSON file beside it. With
     `path=None` nothing is written (the other ranks of a ZeRO-3 run, which must join the gathers)."""
     from PIL import Image, ImageDraw
 
-    out = generate_images(model, list(prompts), n=1, judge="yes_prob", seed=seed, num_steps=num_steps)
+    out = generate_images(model, list(prompts), n=1, judge="yes_prob", seed=seed,
+                          num_inference_steps=num_inference_steps)
     best = [cands[0] for cands in out.candidates]
     caps = caption(model, latents=torch.stack([c.latent for c in best]), max_new_tokens=max_caption_tokens)
     rows = [{"prompt": c.prompt, "seed": c.seed, "yes_prob": c.yes_prob, "likelihood": c.likelihood,

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from unimodal.config import Config, ConfigError, atomic_write_text
-from unimodal.train.distributed import seed_everything
+from unimodal.utils.distributed import seed_everything
 from unimodal.train.logging import RunLogger, check_finite, save_resolved_config
 
 C = TypeVar("C", bound=Config)

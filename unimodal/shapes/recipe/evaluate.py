@@ -33,8 +33,8 @@ EVAL_SPLIT = "val"   # unimodal.shapes.recipe.data.EVAL_SPLIT: scenes no trainin
 class RecipeEvalConfig(Config):
     prompts_per_tag: int = 16      # ShapesEval prompts per GenEval tag (the first ones of build_metadata)
     n: int = 8                     # candidates per prompt for best-of-N (keep 1)
-    num_steps: int | None = None   # DiT steps; None = the model's
-    cfg_scale: float | None = None  # None = the model's
+    num_inference_steps: int | None = None  # DiT steps; None = the model's
+    guidance_scale: float | None = None     # None = the model's
     caption_scenes: int = 64       # held-out scenes captioned / judged
     psnr_images: int = 64          # held-out renders reconstructed
     seed: int = 0
@@ -201,10 +201,12 @@ def evaluate_model(model_dir: str | Path, out_dir: str | Path, shapes: ShapesCon
     from unimodal.evaluation.generator import UnifiedGenerator
 
     opts = RunOptions(out=str(out_dir / "shapes_eval"), model=str(model_dir), seed=ecfg.seed, n=ecfg.n, keep=1,
-                      judge="yes_prob", num_steps=ecfg.num_steps, cfg_scale=ecfg.cfg_scale, batch_size=ecfg.n,
+                      judge="yes_prob", num_inference_steps=ecfg.num_inference_steps,
+                      guidance_scale=ecfg.guidance_scale, batch_size=ecfg.n,
                       device="cpu" if model.device.type == "cpu" else None, progress=progress)
-    generator = UnifiedGenerator(model, judge="yes_prob" if ecfg.n > 1 else None, num_steps=ecfg.num_steps,
-                                 cfg_scale=ecfg.cfg_scale, batch_size=ecfg.n, model_path=str(Path(model_dir).resolve()))
+    generator = UnifiedGenerator(model, judge="yes_prob" if ecfg.n > 1 else None,
+                                 num_inference_steps=ecfg.num_inference_steps, guidance_scale=ecfg.guidance_scale,
+                                 batch_size=ecfg.n, model_path=str(Path(model_dir).resolve()))
     summary, status = run_shapes(opts, shapes_config=str(shapes_json), metadata=str(meta), generator=generator)
     if status != 0:
         raise RuntimeError(f"ShapesEval did not complete (see {opts.out})")

@@ -25,7 +25,7 @@ from unimodal.config import Config, ConfigError
 from unimodal.shapes.config import ShapesConfig
 from unimodal.shapes.recipe.common import StepLog, finish_stage, open_stage, preset_config
 from unimodal.train.config import TrainConfig
-from unimodal.train.distributed import init_distributed
+from unimodal.utils.distributed import init_distributed
 from unimodal.train.engine import TrainEngine
 from unimodal.train.loop import ResumableBatchSampler
 
@@ -148,7 +148,7 @@ def train_language(cfg: LanguageRecipeConfig, progress: bool = True) -> Language
     # CUDA when available (init_distributed's rule); the model returns to the CPU for evaluation and export
     dist = init_distributed()
     device = dist.device
-    engine = TrainEngine(model, train_cfg=cfg.train, dist=dist)
+    engine = TrainEngine(model, cfg.train, dist=dist)
     batches = iter(ResumableBatchSampler(len(train_blocks), cfg.train.batch_size, seed=cfg.train.seed))
     log = StepLog(logger, cfg.train.total_steps, cfg.train.log_every, "lm", progress,
                   cfg.train.batch_size * cfg.seq_len, "tokens")
@@ -174,16 +174,3 @@ def train_language(cfg: LanguageRecipeConfig, progress: bool = True) -> Language
     tokenizer.save_pretrained(model_dir)  # one directory loads both, like a hub checkpoint
     finish_stage(logger, "lm", run_dir, metrics)
     return LanguageResult(model_dir=model_dir, metrics=metrics)
-
-
-@torch.no_grad()
-def sample_text(model_dir: str | Path, prompt: str, max_new_tokens: int = 48) -> str:
-    """Greedy continuation of `prompt` (a look at what the LM learnt; deterministic)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids
-    out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False,
-                         eos_token_id=[tokenizer.eos_token_id, tokenizer.pad_token_id], pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.decode(out[0, ids.shape[1]:])

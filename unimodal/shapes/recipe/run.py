@@ -73,7 +73,7 @@ _FULL: dict[str, dict[str, Any]] = {
         # A small DiT seeing many noised copies of each target beat a larger one at the same CPU time:
         # the DiT part is most of a step, and its sample count is what draws coherent objects.
         model=dict(dit=dict(hidden_size=128, depth=4, num_heads=4, cond_dim=128), connector_depth=1,
-                   num_steps=25, cfg_scale=3.0),
+                   num_inference_steps=25, guidance_scale=3.0),
         mix=dict(t2i=0.6, caption=0.25, judge=0.15), llm_lr=1e-3, dit_lr=2e-3, fm_repeats=4,
         data=dict(synthetic_images=80000, shapes_captions="mixed"),
         train=dict(total_steps=1800, batch_size=16, lr=1e-3, min_lr=1e-4, warmup_steps=30, ema_decay=0.995,
@@ -119,7 +119,7 @@ _QUICK: dict[str, dict[str, Any]] = {
         train=dict(total_steps=8, batch_size=8, lr=2e-3, min_lr=2e-4, warmup_steps=1, log_every=4,
                    ckpt_every=4, sample_every=0)),
     "pretrain": dict(
-        model=dict(dit=dict(hidden_size=32, depth=1, num_heads=2, cond_dim=32), num_steps=4, cfg_scale=1.0),
+        model=dict(dit=dict(hidden_size=32, depth=1, num_heads=2, cond_dim=32), num_inference_steps=4, guidance_scale=1.0),
         mix=dict(t2i=0.5, caption=0.3, judge=0.2), llm_lr=3e-3, dit_lr=3e-3,
         data=dict(synthetic_images=64, shapes_captions="mixed"),
         train=dict(total_steps=8, batch_size=8, lr=3e-3, min_lr=3e-4, warmup_steps=1, log_every=4, ckpt_every=4,

@@ -27,7 +27,7 @@ from unimodal.shapes.config import ShapesConfig
 from unimodal.shapes.recipe.common import StepLog, finish_stage, open_stage, preset_config
 from unimodal.shapes.recipe.locca import CaptionDecoder, caption_loss
 from unimodal.train.config import TrainConfig
-from unimodal.train.distributed import init_distributed
+from unimodal.utils.distributed import init_distributed
 from unimodal.train.engine import TrainEngine
 from unimodal.train.loop import ResumableBatchSampler
 
@@ -262,8 +262,8 @@ def train_siglip(cfg: SiglipRecipeConfig, progress: bool = True) -> SiglipResult
     # CUDA when available (init_distributed's rule); the model returns to the CPU for evaluation and export
     dist = init_distributed()
     device = dist.device
-    engine = TrainEngine(trainer, param_groups(trainer, cfg.train.weight_decay, cfg.train.lr, cfg.logit_lr_mult),
-                         train_cfg=cfg.train, dist=dist)
+    engine = TrainEngine(trainer, cfg.train, param_groups(trainer, cfg.train.weight_decay, cfg.train.lr, cfg.logit_lr_mult),
+                         dist=dist)
     # Per-sample seeds: the caption drawn for a scene depends on (seed, epoch, index) only. With
     # twins the sampler deals base scenes, half a batch, and each brings its twin.
     per_batch = cfg.train.batch_size // 2 if cfg.shape_twins else cfg.train.batch_size

@@ -1,4 +1,4 @@
-"""Process-group setup and the few collectives the training loops use.
+"""Process-group setup and the few collectives the training loops and data caches use.
 
 Launch with ``torchrun --nproc_per_node N`` or the ``deepspeed`` launcher (both set ``RANK``,
 ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``); with none of those set the
@@ -167,8 +167,8 @@ def average_gradients(module: torch.nn.Module) -> None:
 
 
 def seed_everything(seed: int, rank: int = 0) -> int:
-    """Seed python, numpy and torch with `seed + rank` (STYLE 13: each rank draws different noise,
-    yet the whole run is reproducible from one seed). Returns the seed used."""
+    """Seed python, numpy and torch with `seed + rank`, so each rank draws different noise,
+    yet the whole run is reproducible from one seed. Returns the seed used."""
     s = int(seed) + int(rank)
     random.seed(s)
     np.random.seed(s % 2**32)
