@@ -37,10 +37,11 @@ import time
 from pathlib import Path
 
 from unimodal.commands._args import add_steps_arg
+from unimodal.evaluation.geneval import GENEVAL_TAGS
 from unimodal.shapes.config import ShapesConfig
 from unimodal.shapes.draw import SHAPE_NAMES
 from unimodal.shapes.holdout import HoldOut, build_holdout
-from unimodal.shapes.vocab import GENEVAL_TAGS, PALETTE
+from unimodal.shapes.vocab import PALETTE
 
 
 def base_world(image_size: int, path: str | Path | None = None) -> ShapesConfig:
@@ -135,7 +136,8 @@ def eval_prompts(cfg: ShapesConfig, holdout: HoldOut, concept: Concept, limit: i
     """Up to `limit` ShapesEval lines that ask for the concept, taken round-robin over the tags
     (each tag in the metadata builder's seeded order) and written in GenEval's tag order; returns
     the counts (how many ask for a held-out combination, how many per tag) and the lines."""
-    from unimodal.shapes import build_metadata, metadata_violations, write_metadata_jsonl
+    from unimodal.evaluation.geneval import write_metadata_jsonl
+    from unimodal.shapes import build_metadata, metadata_violations
 
     by_tag = {t: [] for t in GENEVAL_TAGS}
     for line in build_metadata(cfg, holdout):
@@ -155,7 +157,8 @@ def eval_prompts(cfg: ShapesConfig, holdout: HoldOut, concept: Concept, limit: i
 
 
 def shapes_eval(model: str | Path, out: Path, world: Path, prompts: Path, args) -> dict:
-    from unimodal.evaluation.runners import RunOptions, run_shapes
+    from unimodal.evaluation.runners import RunOptions
+    from unimodal.shapes.benchmark import run_shapes
 
     opts = RunOptions(out=str(out), model=str(model), seed=args.seed, n=args.images_per_prompt,
                       keep=args.images_per_prompt, num_inference_steps=args.num_inference_steps, device=args.device,

@@ -30,9 +30,9 @@ from tqdm import tqdm
 
 from unimodal.evaluation.analysis import oracle_summary, random_summary, selection_summary
 from unimodal.evaluation.generator import tensor_to_pil
+from unimodal.evaluation.geneval import GENEVAL_TAGS
 from unimodal.shapes import ShapesConfig, holdout_of, metadata_violations, render_metadata, score_image
 from unimodal.shapes.metadata import tag_lines
-from unimodal.shapes.vocab import GENEVAL_TAGS
 from unimodal.shapes.recipe.evaluate import subset_metadata
 from unimodal.shapes.scene import image_to_tensor
 from unimodal.shipped import resolve_model_dir

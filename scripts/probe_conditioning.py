@@ -6,7 +6,7 @@ For GenEval's colour prompt of every (colour, shape) pair it measures the condit
 connector hands the DiT (its spread between prompts, the shares of that spread following the colour
 and the shape word, whether each can be read back for unseen combinations) and one sample per prompt
 (asked colour present, asked shape present, both in one object); `--amplify` redraws the samples with
-the prompt-dependent part of the conditioning scaled (see unimodal/evaluation/conditioning.py).
+the prompt-dependent part of the conditioning scaled (see unimodal/shapes/conditioning.py).
 The last line of stdout is one JSON object.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 import torch
 
 from unimodal.config import load_config
-from unimodal.evaluation.conditioning import probe_conditioning
+from unimodal.shapes.conditioning import probe_conditioning
 from unimodal.shapes.config import ShapesConfig
 from unimodal.shipped import resolve_model_dir
 from unimodal.unified.model import UnifiedModel

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import load_script
 
-from unimodal.evaluation.conditioning import centroid_accuracy, variance_share
+from unimodal.shapes.conditioning import centroid_accuracy, variance_share
 from unimodal.shipped import SHIPPED_MODEL_DIR
 
 COLOURS, SHAPES = 4, 3

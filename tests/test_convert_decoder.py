@@ -44,7 +44,7 @@ def test_decoder_matches_reference_including_cls_slot():
     cfg, sd = vitmae_decoder_source()
     dec_cfg, state = convert_decoder_state(cfg, sd, "src")
     assert (dec_cfg.in_channels, dec_cfg.grid_size, dec_cfg.patch_size, dec_cfg.num_heads) == (32, 4, 8, 2)
-    assert state["decoder_pos_embed"].shape == (1, 17, 32)        # [1, N+1, D]: CLS slot first
+    assert state["pos_embed"].shape == (1, 17, 32)        # [1, N+1, D]: CLS slot first
     ours = build_decoder(dec_cfg, state).eval()(Z)
     torch.testing.assert_close(ours, vitmae_decoder_forward(sd, Z, heads=2), atol=2e-5, rtol=1e-5)
     # The CLS token really takes part: attention mixes it into every patch.

@@ -97,18 +97,18 @@ def test_diffusers_position_table():
     """diffusers scales decoder positions by 16 / grid: MAE's table at 16 x 16 only, so other grids
     of ours refuse to export (diffusers would decode them differently)."""
     from unimodal.convert.diffusers_rae import diffusers_pos_table
-    from unimodal.rae.decoder import sincos_pos_embed_2d
+    from unimodal.dit.blocks import sincos_2d_pos_embed
 
     from diffusers.models.embeddings import get_2d_sincos_pos_embed
     for grid in (4, 16):
         theirs = get_2d_sincos_pos_embed(32, grid, cls_token=True, extra_tokens=1, output_type="pt").float()
         torch.testing.assert_close(diffusers_pos_table(32, grid)[0], theirs, atol=1e-6, rtol=0)
-    torch.testing.assert_close(diffusers_pos_table(32, 16)[0], sincos_pos_embed_2d(32, 16), atol=1e-6, rtol=0)
+    torch.testing.assert_close(diffusers_pos_table(32, 16)[0], sincos_2d_pos_embed(32, 16, cls_token=True), atol=1e-6, rtol=0)
 
 
 def test_other_grids_refuse_to_export(tmp_path):
     our_rae("dinov2_reg", "dinov2", 4).save_pretrained(tmp_path / "ours")
-    with pytest.raises(ConversionError, match="decoder_pos_embed differs.*16 / grid"):
+    with pytest.raises(ConversionError, match=r"decoder\.pos_embed differs.*16 / grid"):
         to_diffusers(tmp_path / "ours", tmp_path / "out")
 
 

@@ -102,7 +102,7 @@ def test_strict_failures_name_the_keys():
     with pytest.raises(ConversionError, match=r"unconsumed source keys .*dit_blocks\.0\.attn\.q_norm\.weight"):
         convert_dit_state(extra, "src")
     wrong = {**src, "dit_blocks.0.attn.proj.weight": torch.zeros(64, 63)}
-    with pytest.raises(ConversionError, match=r"dit_blocks\.0\.attn\.proj\.weight \(64, 63\) vs \(64, 64\)"):
+    with pytest.raises(ConversionError, match=r"blocks\.0\.attn\.proj\.weight \(64, 63\) vs \(64, 64\)"):
         convert_dit_state(wrong, "src")
     conv = {**src, "x_embedder.proj.weight": src["x_embedder.proj.weight"].expand(64, 32, 2, 2)}
     with pytest.raises(ConversionError, match="1x1 conv"):
@@ -183,8 +183,8 @@ def test_rae_checkpoint_ema_or_model(tmp_path):
     convert_rae(path, tmp_path / "ema")
     convert_rae(path, tmp_path / "live", weights="model")
     a, b = DiT.from_pretrained(tmp_path / "ema"), DiT.from_pretrained(tmp_path / "live")
-    assert torch.equal(a.dit_blocks[0].attn.qkv.weight, ema["blocks.0.attn.qkv.weight"])
-    assert torch.equal(b.dit_blocks[0].attn.qkv.weight, live["blocks.0.attn.qkv.weight"])
+    assert torch.equal(a.blocks[0].attn.qkv.weight, ema["blocks.0.attn.qkv.weight"])
+    assert torch.equal(b.blocks[0].attn.qkv.weight, live["blocks.0.attn.qkv.weight"])
     with pytest.raises(ConversionError, match="no 'model' entry"):
         select_weights({"ema": ema}, "model", "f")
     with pytest.raises(ConversionError, match="bare state dict"):

@@ -64,16 +64,20 @@ def test_config_checks(bad):
         DiTConfig(**{**base, **bad})
 
 
-def test_official_key_layout():
+def test_key_layout():
     keys = set(DiT(dit_config("tiny", depth=1, cond_mode="tokens")).state_dict())
     for k in ["pos_embed", "x_embedder.proj.weight", "t_embedder.mlp.0.weight", "t_embedder.mlp.2.bias",
-              "y_embedder.dropout_embedding", "dit_blocks.0.norm1.weight", "dit_blocks.0.norm2.weight",
-              "dit_blocks.0.attn.qkv.bias", "dit_blocks.0.attn.proj.weight", "dit_blocks.0.mlp.w12.bias",
-              "dit_blocks.0.mlp.w3.weight", "dit_blocks.0.adaLN_modulation.1.weight", "final_layer.norm_final.weight",
+              "y_embedder.dropout_embedding", "blocks.0.norm1.weight", "blocks.0.norm2.weight",
+              "blocks.0.attn.qkv.bias", "blocks.0.attn.proj.weight", "blocks.0.mlp.w12.bias",
+              "blocks.0.mlp.w3.weight", "blocks.0.adaLN_modulation.1.weight", "final_layer.norm_final.weight",
               "final_layer.linear.weight", "final_layer.adaLN_modulation.1.bias"]:
         assert k in keys, k
     # Derived tensors are not stored: RoPE tables and the Fourier frequencies.
     assert not any("rope" in k or k.endswith(".W") for k in keys)
+    assert not any(k.startswith("head_blocks.") for k in keys)
+    dh = DiT(dit_config("DH-tiny"))   # body of 2 blocks at width 32, head of 1 at 64
+    assert (len(dh.blocks), len(dh.head_blocks)) == (2, 1)
+    assert dh.blocks[1].norm1.weight.shape == (32,) and dh.head_blocks[0].norm1.weight.shape == (64,)
 
 
 # ----------------------------------------------------------------------------- positions and time
@@ -213,7 +217,7 @@ def test_strict_load_names_keys(tmp_path):
     other = DiT(dit_config("tiny", depth=2))
     from unimodal.utils.weights import load_pretrained_dir, load_state_dict_strict
     _, state = load_pretrained_dir(tmp_path / "a", DiTConfig)
-    with pytest.raises(WeightLoadError, match="dit_blocks.1"):
+    with pytest.raises(WeightLoadError, match=r"missing keys: blocks\.1\."):
         load_state_dict_strict(other, state)
 
 

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from unimodal.evaluation import RunOptions, run_scaling, run_shapes
+from unimodal.evaluation import RunOptions
 from unimodal.evaluation.analysis import (judge_agreement, oracle_summary, random_summary, scaling_report, select,
                                           selection_summary)
-from unimodal.evaluation.testing import ShapesRenderGenerator
 from unimodal.shapes import ShapesConfig, build_metadata, holdout_of
+from unimodal.shapes.benchmark import run_scaling, run_shapes
+from unimodal.shapes.testing import ShapesRenderGenerator
 
 CFG = ShapesConfig()
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from unimodal.commands.eval import script_main
-from unimodal.evaluation import RunOptions, UnifiedGenerator, prompt_seed, read_geneval_items, run_geneval, run_shapes
+from unimodal.evaluation import RunOptions, UnifiedGenerator, prompt_seed, read_geneval_items, run_geneval
+from unimodal.shapes.benchmark import run_shapes
 
 
 @pytest.fixture(scope="module")

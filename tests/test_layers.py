@@ -20,25 +20,6 @@ LAYERS = {
     "cli": 6, "commands": 6, "shipped": 6, "__main__": 6,
 }
 
-# Upward imports still to remove: ShapesEval lives in evaluation/ and reads the Shapes world
-# (scorer, metadata, holdout, renders). The fix is to move ShapesEval into shapes/ and the
-# GenEval-format reader and summary into evaluation/. The test fails once an entry is gone, so
-# this list only shrinks.
-KNOWN_UPWARD = {
-    ("unimodal.evaluation.analysis", "unimodal.shapes.holdout"),
-    ("unimodal.evaluation.analysis", "unimodal.shapes.scorer"),
-    ("unimodal.evaluation.conditioning", "unimodal.shapes.config"),
-    ("unimodal.evaluation.conditioning", "unimodal.shapes.detect"),
-    ("unimodal.evaluation.conditioning", "unimodal.shapes.metadata"),
-    ("unimodal.evaluation.conditioning", "unimodal.shapes.scorer"),
-    ("unimodal.evaluation.layouts", "unimodal.shapes.metadata"),
-    ("unimodal.evaluation.records", "unimodal.shapes.scorer"),
-    ("unimodal.evaluation.runners", "unimodal.shapes"),
-    ("unimodal.evaluation.runners", "unimodal.shapes.scorer"),
-    ("unimodal.evaluation.testing", "unimodal.shapes.renders"),
-}
-
-
 def module_name(path: Path) -> str:
     parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
@@ -89,12 +70,9 @@ def test_every_folder_has_a_layer():
 
 
 def test_no_module_imports_a_layer_above_its_own():
-    found = upward_imports()
-    new = sorted(found - KNOWN_UPWARD)
-    assert not new, "imports of a higher layer (see ARCHITECTURE.md):\n" + "\n".join(
-        f"  {m} (layer {layer_of(m)}) imports {t} (layer {layer_of(t)})" for m, t in new)
-    gone = sorted(KNOWN_UPWARD - found)
-    assert not gone, f"no longer imported, drop from KNOWN_UPWARD: {gone}"
+    found = sorted(upward_imports())
+    assert not found, "imports of a higher layer (see ARCHITECTURE.md):\n" + "\n".join(
+        f"  {m} (layer {layer_of(m)}) imports {t} (layer {layer_of(t)})" for m, t in found)
 
 
 def test_the_check_sees_imports_inside_functions(tmp_path):

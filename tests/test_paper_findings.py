@@ -141,7 +141,7 @@ def test_rae_decoder_training_copies_and_starts_where_told(init):
     assert all(torch.equal(v, rae.state_dict()[k]) for k, v in before.items())          # the model is untouched
     assert trained.config.decoder.noise_tau == trained.decoder.config.noise_tau == 0.5
     assert not trained.training and rae.config.decoder.noise_tau == 0.0
-    old, new = rae.decoder.decoder_pred.weight, trained.decoder.decoder_pred.weight
+    old, new = rae.decoder.to_pixels.weight, trained.decoder.to_pixels.weight
     moved = (new - old).abs().max().item()
     assert (moved < 0.01) if init == "model" else (moved > 0.01)                        # one step vs a fresh init
     assert torch.equal(trained.encoder.pixel_mean, rae.encoder.pixel_mean)

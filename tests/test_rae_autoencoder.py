@@ -77,14 +77,14 @@ def test_strict_load_names_the_keys(tmp_path):
     rae.save_pretrained(tmp_path / "rae")
     path = tmp_path / "rae" / "model.safetensors"
     state = load_file(path)
-    del state["decoder.decoder_pred.weight"]
+    del state["decoder.to_pixels.weight"]
     state["decoder.extra"] = torch.zeros(1)
-    state["decoder.decoder_embed.bias"] = torch.zeros(7)
+    state["decoder.embed.bias"] = torch.zeros(7)
     save_file(state, path)
     with pytest.raises(WeightLoadError) as err:
         RAE.from_pretrained(tmp_path / "rae")
     msg = str(err.value)
-    assert "decoder.decoder_pred.weight" in msg and "decoder.extra" in msg and "decoder.decoder_embed.bias" in msg
+    assert "decoder.to_pixels.weight" in msg and "decoder.extra" in msg and "decoder.embed.bias" in msg
 
 
 def test_noise_in_training_mode_only():

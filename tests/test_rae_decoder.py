@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from unimodal.config import ConfigError
-from unimodal.rae.decoder import (DECODER_PRESETS, RAEDecoder, add_latent_noise, decoder_param_count, decoder_preset,
-                                  sincos_pos_embed_2d)
+from unimodal.dit import DiT, dit_config
+from unimodal.dit.blocks import sincos_2d_pos_embed
+from unimodal.rae.decoder import DECODER_PRESETS, RAEDecoder, add_latent_noise, decoder_param_count, decoder_preset
 
 PUBLISHED_M = {"ViT-B": 86, "ViT-L": 304, "ViT-XL": 415}
 
@@ -32,13 +33,12 @@ def test_every_preset_builds_and_matches_the_formula(name):
         assert abs(n / 1e6 - PUBLISHED_M[name]) / PUBLISHED_M[name] < 0.03, n
 
 
-def test_key_names_follow_the_official_checkpoint():
+def test_key_names():
     keys = set(RAEDecoder(decoder_preset("tiny", in_channels=8, grid_size=2, patch_size=2)).state_dict())
-    for k in ["decoder_embed.weight", "decoder_pos_embed", "trainable_cls_token", "decoder_norm.weight", "decoder_pred.bias",
-              "decoder_layers.1.attention.attention.query.weight", "decoder_layers.1.attention.attention.key.bias",
-              "decoder_layers.1.attention.attention.value.weight", "decoder_layers.1.attention.output.dense.weight",
-              "decoder_layers.1.intermediate.dense.weight", "decoder_layers.1.output.dense.bias",
-              "decoder_layers.1.layernorm_before.weight", "decoder_layers.1.layernorm_after.bias"]:
+    for k in ["embed.weight", "pos_embed", "cls_token", "norm.weight", "to_pixels.bias",
+              "layers.1.attn.query.weight", "layers.1.attn.key.bias", "layers.1.attn.value.weight",
+              "layers.1.attn.proj.weight", "layers.1.mlp.fc1.weight", "layers.1.mlp.fc2.bias",
+              "layers.1.norm1.weight", "layers.1.norm2.bias"]:
         assert k in keys, k
     # embed (2) + pos + cls + norm (2) + pred (2), and 16 tensors per layer (2 layers): nothing else.
     assert len(keys) == 8 + 2 * 16
@@ -58,15 +58,25 @@ def _mae_numpy_pos_embed(dim, grid):
 
 
 def test_positions_match_mae_layout():
-    ours = sincos_pos_embed_2d(16, 3)
+    ours = sincos_2d_pos_embed(16, 3, cls_token=True)
     assert ours.shape == (10, 16)
     np.testing.assert_allclose(ours.numpy(), _mae_numpy_pos_embed(16, 3), atol=1e-6)
 
 
 def test_pos_embed_is_a_fixed_buffer_not_a_parameter():
     dec = RAEDecoder(decoder_preset("tiny", in_channels=8, grid_size=2, patch_size=2))
-    assert "decoder_pos_embed" not in dict(dec.named_parameters())
-    assert dec.decoder_pos_embed.shape == (1, 5, 64)
+    assert "pos_embed" not in dict(dec.named_parameters())
+    assert dec.pos_embed.shape == (1, 5, 64)
+
+
+@pytest.mark.parametrize("dim, grid", [(64, 4), (96, 8), (1152, 16)])
+def test_decoder_and_dit_share_one_position_table(dim, grid):
+    """The decoder's table is the DiT's with a zero row in front for the CLS slot (the same
+    column-then-row MAE layout in both), at the widths and grids the models use."""
+    dec = RAEDecoder(decoder_preset("tiny", hidden_size=dim, num_heads=4, in_channels=8, grid_size=grid, patch_size=2))
+    dit = DiT(dit_config("tiny", hidden_size=dim, num_heads=4, num_tokens=grid * grid))
+    assert torch.equal(dec.pos_embed[0, 0], torch.zeros(dim))
+    assert torch.equal(dec.pos_embed[0, 1:], dit.pos_embed[0])
 
 
 def test_noise_only_in_training_mode():

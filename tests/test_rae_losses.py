@@ -105,19 +105,19 @@ def test_vgg_lpips_matches_the_lpips_package(empty_hub):
 
 
 def test_adaptive_weight_at_the_decoder_output_equals_the_parameter_gradient():
-    """The training loop's lambda (gradients stopped at the image) equals ||grad_W|| ratio at decoder_pred."""
+    """The training loop's lambda (gradients stopped at the image) equals ||grad_W|| ratio at to_pixels."""
     from unimodal.rae.decoder import RAEDecoder, decoder_preset
     from unimodal.rae.losses import LinearIO, adaptive_weight_at_output
 
     torch.manual_seed(0)
     dec = RAEDecoder(decoder_preset("tiny", in_channels=8, grid_size=2, patch_size=3))
-    io = LinearIO(dec.decoder_pred)
+    io = LinearIO(dec.to_pixels)
     std, mean = torch.tensor([0.2, 0.3, 0.4]).view(1, 3, 1, 1), 0.5
     recon = dec(torch.randn(2, 4, 8)) * std + mean
     target = torch.rand_like(recon)
     rec = (recon - target).abs().mean()
     gan = -(recon * torch.linspace(-1, 1, 6)).mean()
-    ref = adaptive_weight(rec, gan, dec.decoder_pred.weight)
+    ref = adaptive_weight(rec, gan, dec.to_pixels.weight)
     ours = adaptive_weight_at_output(rec, gan, recon, lambda g: dec.patchify(g * std), io.input[:, 1:])
     torch.testing.assert_close(ours, ref)
     x = torch.randn(2, 4, 27)

@@ -4,13 +4,12 @@ from pathlib import Path
 
 import pytest
 
-from unimodal.shapes import (WRONG_KINDS, ShapesConfig, build_metadata, check_metadata_line, holdout_of,
-                             metadata_scene, metadata_violations, read_metadata_jsonl, split_by_holdout,
-                             write_metadata_jsonl)
+from unimodal.evaluation.geneval import GENEVAL_TAGS, check_metadata_line, read_metadata_jsonl, write_metadata_jsonl
+from unimodal.shapes import (WRONG_KINDS, ShapesConfig, build_metadata, holdout_of, metadata_scene, metadata_violations,
+                             split_by_holdout)
 from unimodal.shapes.captions import prompt_counting, prompt_position
 from unimodal.shapes.holdout import canonical
 from unimodal.shapes.relations import relative_position
-from unimodal.shapes.vocab import GENEVAL_TAGS
 
 CFG = ShapesConfig()
 LINES = build_metadata(CFG, holdout_of(CFG))

@@ -4,10 +4,10 @@ import json
 import numpy as np
 import pytest
 
-from unimodal.shapes import (WRONG_KINDS, Detection, ShapesConfig, build_metadata, detect_objects, evaluate,
-                             format_summary, holdout_of, render_metadata, render_scene, score_folder, score_image,
-                             summarize, training_scene, write_geneval_folder)
-from unimodal.shapes.vocab import GENEVAL_TAGS
+from unimodal.evaluation.geneval import GENEVAL_TAGS, format_summary, summarize
+from unimodal.shapes import (WRONG_KINDS, Detection, ShapesConfig, build_metadata, detect_objects, evaluate, holdout_of,
+                             render_metadata, render_scene, score_folder, score_image, training_scene,
+                             write_geneval_folder)
 
 CFG = ShapesConfig()
 LINES = build_metadata(CFG, holdout_of(CFG))

@@ -1,4 +1,5 @@
-"""`unimodal eval geneval|dpg|shapes|scaling ...`: thin front ends over `unimodal.evaluation`.
+"""`unimodal eval geneval|dpg|shapes|scaling ...`: thin front ends over `unimodal.evaluation` (GenEval,
+DPG-Bench) and `unimodal.shapes.benchmark` (ShapesEval, test-time scaling).
 
 The scripts in eval/ (geneval.py, dpg_bench.py, shapes_eval.py, test_time_scaling.py) call
 `script_main` with the same arguments. Exit status: 0 done, 1 count check failed (or a shard's
@@ -108,13 +109,14 @@ def _ints(text: str) -> list[int]:
 
 def _run(args) -> int:
     from unimodal.evaluation import runners
+    from unimodal.shapes import benchmark as shapes_eval
 
     if args.benchmark == "geneval":
         return runners.run_geneval(args.metadata, _options(args), results=args.results)[1]
     if args.benchmark == "dpg":
         return runners.run_dpg(args.prompts, _options(args), tile_size=args.tile_size)[1]
     if args.benchmark == "shapes":
-        return runners.run_shapes(_options(args), args.shapes_config, args.metadata, args.split)[1]
+        return shapes_eval.run_shapes(_options(args), args.shapes_config, args.metadata, args.split)[1]
     ns = _ints(args.ns)
     if not ns or not all(1 <= v <= MAX_CANDIDATES for v in ns):
         from unimodal.config import ConfigError
@@ -123,7 +125,7 @@ def _run(args) -> int:
     if args.n is None:
         args.n = max(ns)
     judges = [j.strip() for j in args.judges.split(",") if j.strip()]
-    return runners.run_scaling(_options(args), ns, judges, args.shapes_config, args.metadata, args.split)[1]
+    return shapes_eval.run_scaling(_options(args), ns, judges, args.shapes_config, args.metadata, args.split)[1]
 
 
 def script_main(benchmark: str, argv: list[str] | None = None) -> int:

@@ -91,7 +91,7 @@ def rae_from_decoder_dir(directory: str | os.PathLike, encoder: str | None, fami
                          where: str) -> tuple[RAEConfig, dict[str, torch.Tensor]]:
     """A converted decoder directory + an encoder checkpoint, or a complete RAE directory alone."""
     from unimodal.convert.vitmae_decoder import load_decoder_dir
-    from unimodal.utils.weights import load_pretrained_dir
+    from unimodal.utils.weights import load_pretrained_dir, rename_legacy_keys
 
     cfg_path = Path(directory) / "config.json"
     if not cfg_path.is_file():
@@ -103,7 +103,9 @@ def rae_from_decoder_dir(directory: str | os.PathLike, encoder: str | None, fami
         if config.encoder.model_config is None:
             raise ConversionError(f"{directory}: config.json lacks encoder.model_config; re-save it with RAE.save_pretrained")
         with torch.device("meta"):
-            check_targets(RAE(config, load_encoder_weights=False).state_dict(), state, str(directory))
+            expected = RAE(config, load_encoder_weights=False).state_dict()
+        state = rename_legacy_keys(expected, state, str(directory))
+        check_targets(expected, state, str(directory))
         return config, state
     if encoder is None:
         raise ConversionError(f"{directory} is a decoder directory: name the {family} encoder checkpoint it decodes")

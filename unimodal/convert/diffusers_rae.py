@@ -8,7 +8,8 @@ Layout (diffusers >= 0.39, `models/autoencoders/autoencoder_rae.py`): `config.js
   affine, which is our "standardize" normalisation; ours keeps the unused weights, filled with
   ones / zeros on import). The architecture is rebuilt from a few config fields, with
   `heads = hidden // 64` and a fixed `image_size` per encoder type (:func:`encoder_hf_config`).
-- decoder attention: `attention.to_{q,k,v}` / `attention.to_out.0` (ours: ViTMAE's
+- decoder: ViTMAE's names (:func:`~unimodal.convert.vitmae_decoder.vitmae_name`) but for the
+  attention, `attention.to_{q,k,v}` / `attention.to_out.0` (ViTMAE's
   `attention.attention.{query,key,value}` / `attention.output.dense`); the decoder position table is
   not stored: diffusers recomputes it with positions scaled by 16 / grid (:func:`diffusers_pos_table`),
   which is MAE's table only for a 16 x 16 grid; an import keeps diffusers' table, an export checks it.
@@ -42,11 +43,12 @@ from unimodal.convert.common import (
     read_json,
     verify_equal,
 )
+from unimodal.convert.vitmae_decoder import vitmae_name
 from unimodal.rae.autoencoder import RAE, RAEConfig
 from unimodal.rae.decoder import DecoderConfig
 from unimodal.rae.encoders import _FAMILIES, EncoderConfig
 from unimodal.rae.stats import STATS_EPS
-from unimodal.utils.weights import CONFIG_NAME, atomic_output_dir, load_pretrained_dir, save_pretrained_dir
+from unimodal.utils.weights import CONFIG_NAME, atomic_output_dir, load_pretrained_dir, rename_legacy_keys, save_pretrained_dir
 
 DIFFUSERS_WEIGHTS_STEM = "diffusion_pytorch_model"
 CLASS_NAME = "AutoencoderRAE"
@@ -118,9 +120,11 @@ def diffusers_pos_table(dim: int, grid: int) -> torch.Tensor:
 
 
 def _decoder_name(ours: str) -> str:
+    """diffusers' name of one of our `decoder.` keys."""
+    name = "decoder." + vitmae_name(ours[len("decoder."):])
     for a, b in _ATTN.items():
-        ours = ours.replace(a, b)
-    return ours
+        name = name.replace(a, b)
+    return name
 
 
 def _grid_latent(t: torch.Tensor, num_tokens: int, channels: int, two_d: bool, name: str) -> torch.Tensor:
@@ -194,10 +198,11 @@ def from_diffusers(src: str | os.PathLike, dst: str | os.PathLike, dtype: torch.
             rules.append(Rule(key, (), lambda t=t, key=key: (torch.ones if key.endswith("weight") else torch.zeros)(t.shape)))
         elif key.startswith("encoder.model."):
             rules.append(copy(key, "encoder." + prefix + key[len("encoder.model."):]))
-        elif key == "decoder.decoder_pos_embed":
+        elif key == "decoder.pos_embed":
             # diffusers recomputes the table (and ignores one a file stores): ours keeps what it computes.
             table = diffusers_pos_table(config.decoder.hidden_size, config.decoder.grid_size)
-            rules.append(Rule(key, (key,) if key in state else (), lambda *_, table=table: table))
+            stored = _decoder_name(key)
+            rules.append(Rule(key, (stored,) if stored in state else (), lambda *_, table=table: table))
         elif key.startswith("decoder."):
             rules.append(copy(key, _decoder_name(key)))
     two_d, sf = bool(cfg.get("reshape_to_2d", True)), float(cfg.get("scaling_factor", 1.0))
@@ -274,6 +279,7 @@ def to_diffusers(src: str | os.PathLike, dst: str | os.PathLike, dtype: torch.dt
     enc, etype = config.encoder, out_cfg["encoder_type"]
     with torch.device("meta"):
         expected = RAE(config, load_encoder_weights=False).state_dict()
+    state = rename_legacy_keys(expected, state, where)
     check_targets(expected, state, where)
     prefix = _hf_prefix(etype, state)
     finals = _final_norm_keys(etype, state)
@@ -284,7 +290,7 @@ def to_diffusers(src: str | os.PathLike, dst: str | os.PathLike, dtype: torch.dt
             rules.append(Rule(None, (key,), lambda t: None))
         elif key.startswith("encoder.model."):
             rules.append(copy("encoder." + prefix + key[len("encoder.model."):], key))
-        elif key == "decoder.decoder_pos_embed":  # diffusers recomputes it: ours must be what it computes
+        elif key == "decoder.pos_embed":  # diffusers recomputes it: ours must be what it computes
             table = diffusers_pos_table(config.decoder.hidden_size, grid)
             rules.append(Rule(None, (key,), verify_equal(
                 key, table, f"the table diffusers computes for a {grid}x{grid} grid",

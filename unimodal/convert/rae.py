@@ -7,7 +7,8 @@ three places (read from the released checkpoints and the reference code):
 
 - its *body* embedder is ``s_embedder`` and its *head* embedder ``x_embedder`` (the other way round
   here: `x_embedder` embeds the latent for the body, `s_embedder` re-embeds it for the head);
-- blocks are ``blocks.{i}`` (body first, then head) -> our ``dit_blocks.{i}``;
+- blocks are one list ``blocks.{i}``, body first, then head -> our ``blocks.{i}`` (body) and
+  ``head_blocks.{i - depth}`` (head);
 - the embedders are 1x1 convs over the [B, C, H, W] latent -> Linear over row-major tokens.
 
 Derived buffers are checked, not loaded: ``enc_feat_rope`` / ``dec_feat_rope`` against our RoPE
@@ -140,7 +141,8 @@ def dit_plan(cfg: DiTConfig, has_projector: bool) -> list[Rule]:
         *[copy(f"t_embedder.mlp.{i}.{p}") for i in (0, 2) for p in ("weight", "bias")],
         *rope_check_rules("enc_feat_rope.", grid, cfg.hidden_size // cfg.num_heads, cfg.rope_theta),
         *rope_check_rules("dec_feat_rope.", grid, cfg.head_hidden_size // cfg.head_num_heads, cfg.rope_theta),
-        *[r for i in range(cfg.depth + cfg.head_depth) for r in block_rules(f"blocks.{i}.", f"dit_blocks.{i}.")],
+        *[r for i in range(cfg.depth) for r in block_rules(f"blocks.{i}.", f"blocks.{i}.")],
+        *[r for i in range(cfg.head_depth) for r in block_rules(f"blocks.{cfg.depth + i}.", f"head_blocks.{i}.")],
         *final_layer_rules("final_layer.", "final_layer."),
     ]
     if has_projector:

@@ -95,8 +95,9 @@ def dit_config_from_scale_rae(state: Mapping[str, torch.Tensor], where: str, sou
 
 
 def dit_plan(cfg: DiTConfig, src: str = "", dst: str = "") -> list[Rule]:
-    """Scale-RAE's names are ours (dit/blocks.py keeps them) except the 1x1-conv embedder; the RoPE
-    tables are checked and dropped; the Fourier frequencies are not stored by either side."""
+    """Scale-RAE's names are ours except its block list `dit_blocks` (our `blocks`) and the 1x1-conv
+    embedder; the RoPE tables are checked and dropped; the Fourier frequencies are not stored by
+    either side."""
     grid = cfg.grid_size
     return [
         Rule(dst + "x_embedder.proj.weight", (src + "x_embedder.proj.weight",), conv1x1_to_linear(src + "x_embedder.proj.weight")),
@@ -106,7 +107,7 @@ def dit_plan(cfg: DiTConfig, src: str = "", dst: str = "") -> list[Rule]:
         *[copy(dst + f"t_embedder.mlp.{i}.{p}", src + f"t_embedder.mlp.{i}.{p}") for i in (0, 2) for p in ("weight", "bias")],
         copy(dst + "y_embedder.dropout_embedding", src + "y_embedder.dropout_embedding"),
         *rope_check_rules(src + "feat_rope.", grid, cfg.hidden_size // cfg.num_heads, cfg.rope_theta),
-        *[r for i in range(cfg.depth) for r in block_rules(f"{src}dit_blocks.{i}.", f"{dst}dit_blocks.{i}.")],
+        *[r for i in range(cfg.depth) for r in block_rules(f"{src}dit_blocks.{i}.", f"{dst}blocks.{i}.")],
         *final_layer_rules(src + "final_layer.", dst + "final_layer."),
     ]
 

@@ -1,10 +1,10 @@
 """The ViTMAE-style pixel decoders of Scale-RAE and RAE: `config.json` + `model.pt` (a raw state dict).
 
 Checkpoints: ``nyu-visionx/siglip2_decoder``, ``nyu-visionx/webssl300m_decoder`` (Scale-RAE) and the RAE
-ImageNet decoders (``model.pt`` with a separate ``configs/decoder/ViT*/config.json``). Our
-:class:`~unimodal.rae.decoder.RAEDecoder` uses the file's key names one to one, so the
-plan is a copy of every key; the architecture is read from the tensor shapes and
-cross-checked with the config. The head count is the one field no shape reveals, so it comes from
+ImageNet decoders (``model.pt`` with a separate ``configs/decoder/ViT*/config.json``). The files
+use ViTMAE's nested names (:func:`vitmae_name` maps ours onto them), so the plan copies every
+tensor under its new name; the architecture is read from the tensor shapes and cross-checked
+with the config. The head count is the one field no shape reveals, so it comes from
 `decoder_num_attention_heads`. The config's `hidden_size` is *not* the decoder input width: both
 references overwrite it with the encoder's width at run time, so the input width comes from
 `decoder_embed`. RAE's configs also say ``patch_size: "SHOULD BE RELOADED"`` and a stale
@@ -35,10 +35,30 @@ from unimodal.convert.common import (
     verified_copy,
 )
 from unimodal.convert.lightning import count_blocks, need
-from unimodal.rae.decoder import DecoderConfig, RAEDecoder, sincos_pos_embed_2d
-from unimodal.utils.weights import load_pretrained_dir, load_state_dict_strict, save_pretrained_dir
+from unimodal.dit.blocks import sincos_2d_pos_embed
+from unimodal.rae.decoder import DecoderConfig, RAEDecoder
+from unimodal.utils.weights import load_pretrained_dir, load_state_dict_strict, rename_legacy_keys, save_pretrained_dir
 
 STATE_NAME = "model.pt"
+# Our decoder's module names -> ViTMAE's (the reference checkpoints, and diffusers' decoder
+# besides its attention): the top-level modules, then those inside each layer.
+_VITMAE_TOP = {"embed": "decoder_embed", "pos_embed": "decoder_pos_embed", "cls_token": "trainable_cls_token",
+               "norm": "decoder_norm", "to_pixels": "decoder_pred"}
+_VITMAE_LAYER = {"norm1": "layernorm_before", "attn.query": "attention.attention.query",
+                 "attn.key": "attention.attention.key", "attn.value": "attention.attention.value",
+                 "attn.proj": "attention.output.dense", "norm2": "layernorm_after",
+                 "mlp.fc1": "intermediate.dense", "mlp.fc2": "output.dense"}
+
+
+def vitmae_name(key: str) -> str:
+    """The ViTMAE name of one of our decoder keys (no prefix): `layers.3.attn.query.weight` ->
+    `decoder_layers.3.attention.attention.query.weight`."""
+    top, _, rest = key.partition(".")
+    if top != "layers":
+        return _VITMAE_TOP[top] + (f".{rest}" if rest else "")
+    i, _, rest = rest.partition(".")
+    module, _, param = rest.rpartition(".")
+    return f"decoder_layers.{i}.{_VITMAE_LAYER[module]}.{param}"
 
 
 def read_decoder_source(src: str | os.PathLike, config_path: str | os.PathLike | None = None, loaded: Any = None
@@ -92,11 +112,12 @@ def decoder_config_from_source(cfg: Mapping[str, Any], state: Mapping[str, torch
 
 
 def decoder_plan(config: DecoderConfig, expected: Mapping[str, torch.Tensor]) -> list:
-    """Every key copied under its own name; the fixed position table [1, N+1, D] (zero CLS row) is
+    """Every key copied from its ViTMAE name; the fixed position table [1, N+1, D] (zero CLS row) is
     checked against ours first."""
-    table = sincos_pos_embed_2d(config.hidden_size, config.grid_size).unsqueeze(0)
-    rules = [copy(k) for k in expected if k != "decoder_pos_embed"]
-    rules.append(verified_copy("decoder_pos_embed", table, "our MAE 2D sin-cos table with a zero CLS row"))
+    table = sincos_2d_pos_embed(config.hidden_size, config.grid_size, cls_token=True).unsqueeze(0)
+    rules = [copy(k, vitmae_name(k)) for k in expected if k != "pos_embed"]
+    rules.append(verified_copy(vitmae_name("pos_embed"), table, "our MAE 2D sin-cos table with a zero CLS row",
+                               target="pos_embed"))
     return rules
 
 
@@ -122,6 +143,7 @@ def load_decoder_dir(directory: str | os.PathLike) -> tuple[DecoderConfig, dict[
     config, state = load_pretrained_dir(directory, DecoderConfig)
     with torch.device("meta"):
         expected = RAEDecoder(config).state_dict()
+    state = rename_legacy_keys(expected, state, str(directory))
     check_targets(expected, state, str(directory))
     return config, state
 

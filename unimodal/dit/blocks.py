@@ -1,8 +1,8 @@
 """LightningDiT building blocks (RAE paper sections 4-5; Scale-RAE's DiT uses the same blocks).
 
-Parameter names follow the released Scale-RAE checkpoints' layout so converting a
-released checkpoint is a rename: `attn.{qkv,proj}`, `mlp.{w12,w3}`, `adaLN_modulation.1`,
-`norm_final`, `t_embedder.mlp.{0,2}`, `y_embedder.dropout_embedding`.
+The blocks are LightningDiT's (`attn.{qkv,proj}`, `mlp.{w12,w3}`, `adaLN_modulation.1`,
+`norm_final`, `t_embedder.mlp.{0,2}`, `y_embedder.dropout_embedding`), which the reference
+checkpoints share, so unimodal/convert/ maps a reference block by renaming its prefix.
 
 Conditioning vectors `c` are either one per sample [B, Dc] or one per token [B, N, Dc]; every
 modulation broadcasts over the token axis, so both forms share one code path.
@@ -85,10 +85,12 @@ class Rope2D(nn.Module):
         return (xf * self.freqs_cos + rotate_pairs(xf) * self.freqs_sin).type_as(x)
 
 
-def sincos_2d_pos_embed(dim: int, grid: int) -> torch.Tensor:
-    """Fixed absolute positions [grid*grid, dim], the MAE/DiT convention the official `pos_embed`
-    holds: the first half encodes the column coordinate, the second half the row, each half as
-    [sin(p * w_k), cos(p * w_k)] with w_k = 10000^(-k / (dim/4))."""
+def sincos_2d_pos_embed(dim: int, grid: int, cls_token: bool = False) -> torch.Tensor:
+    """Fixed absolute positions [grid*grid (+1), dim], the MAE convention (He et al. 2022,
+    `get_2d_sincos_pos_embed`) that the DiT's `pos_embed` and the RAE decoder's table both hold:
+    the first half encodes the column coordinate, the second half the row, each half as
+    [sin(p * w_k), cos(p * w_k)] with w_k = 10000^(-k / (dim/4)), row-major tokens. `cls_token`
+    puts a zero row in front for the decoder's CLS slot."""
     if dim % 4:
         raise ValueError(f"sin-cos position embedding needs a width divisible by 4, got {dim}")
     omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4))
@@ -99,7 +101,10 @@ def sincos_2d_pos_embed(dim: int, grid: int) -> torch.Tensor:
         ang = p.reshape(-1, 1) * omega[None]
         return torch.cat([ang.sin(), ang.cos()], dim=1)
 
-    return torch.cat([embed(col), embed(row)], dim=1).float()
+    table = torch.cat([embed(col), embed(row)], dim=1)
+    if cls_token:
+        table = torch.cat([torch.zeros(1, dim, dtype=table.dtype), table])
+    return table.float()
 
 
 # ----------------------------------------------------------------------------- conditioning

@@ -3,12 +3,11 @@
 `model(x_t, t, cond, drop=None) -> velocity` on latents [B, N, C]. Guidance is not here: the
 sampler builds the unconditional branch by passing `drop`.
 
-Key layout of the released Scale-RAE checkpoints, so an official Scale-RAE DiT converts by a rename:
-`x_embedder.proj` (a Linear here; the official 1x1 conv weight [D, C, 1, 1] reshapes to [D, C]),
-`pos_embed`, `t_embedder.mlp.{0,2}`, `y_embedder.{embedding_table | dropout_embedding}`,
-`dit_blocks.{i}.*` (body blocks first, then the DiT^DH head blocks, as in Scale-RAE's
-LightningDDT), `s_projector`, `s_embedder.proj`, `final_layer.*`. `feat_rope` tables and the
-Fourier frequencies are derived, hence not stored.
+Modules: `x_embedder` (a per-token Linear, patch size 1), the fixed `pos_embed`, `t_embedder`,
+`y_embedder`, the body `blocks`, and for DiT^DH the head: `s_projector`, `s_embedder`,
+`head_blocks`; then `final_layer`. The RoPE tables and the Fourier frequencies are derived, hence
+not stored. The reference checkpoints' names (one block list for body and head, 1x1-conv
+embedders) are mapped in unimodal/convert/.
 """
 from __future__ import annotations
 
@@ -32,7 +31,7 @@ from unimodal.utils.weights import load_pretrained_dir, load_state_dict_strict, 
 
 
 class TokenEmbed(nn.Module):
-    """Patch size 1: a per-token Linear(C -> D). Wrapped so the key reads `x_embedder.proj`."""
+    """Patch size 1: a per-token Linear(C -> D), named `proj` as in timm's PatchEmbed."""
 
     def __init__(self, in_channels: int, dim: int):
         super().__init__()
@@ -58,18 +57,20 @@ class DiT(nn.Module):
         else:
             self.y_embedder = None
         self.feat_rope = Rope2D(grid, d // cfg.num_heads, cfg.rope_theta)
-        blocks = [DiTBlock(d, cfg.num_heads, cd, swiglu_hidden(d, cfg.mlp_ratio)) for _ in range(cfg.depth)]
-        out_w, out_cond = d, cd
+        hd = cfg.head_hidden_size
+        # Registration order is parameters() order, by which the optimizer state in training
+        # checkpoints is indexed: the head's embedders stay ahead of the body blocks.
         if cfg.is_dh:
-            hd = cfg.head_hidden_size
             # The body output s (width D) becomes per-token conditioning of width D_dec; RAE uses no
             # projection when the widths agree.
             self.s_projector = nn.Linear(d, hd) if hd != d else nn.Identity()
             self.s_embedder = TokenEmbed(cfg.in_channels, hd)  # the head re-embeds x_t itself
             self.head_rope = Rope2D(grid, hd // cfg.head_num_heads, cfg.rope_theta)
-            blocks += [DiTBlock(hd, cfg.head_num_heads, hd, swiglu_hidden(hd, cfg.mlp_ratio)) for _ in range(cfg.head_depth)]
-            out_w, out_cond = hd, hd
-        self.dit_blocks = nn.ModuleList(blocks)
+        self.blocks = nn.ModuleList(
+            DiTBlock(d, cfg.num_heads, cd, swiglu_hidden(d, cfg.mlp_ratio)) for _ in range(cfg.depth))
+        self.head_blocks = nn.ModuleList(  # empty for a plain LightningDiT
+            DiTBlock(hd, cfg.head_num_heads, hd, swiglu_hidden(hd, cfg.mlp_ratio)) for _ in range(cfg.head_depth))
+        out_w, out_cond = (hd, hd) if cfg.is_dh else (d, cd)
         self.final_layer = FinalLayer(out_w, cfg.in_channels, out_cond)
         self.initialize_weights()
 
@@ -84,7 +85,7 @@ class DiT(nn.Module):
             nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
-        for block in self.dit_blocks:
+        for block in (*self.blocks, *self.head_blocks):
             nn.init.zeros_(block.adaLN_modulation[1].weight)
             nn.init.zeros_(block.adaLN_modulation[1].bias)
         for lin in (self.final_layer.adaLN_modulation[1], self.final_layer.linear):
@@ -137,14 +138,14 @@ class DiT(nn.Module):
         t_emb = self.t_embedder(t)                                           # [B, Dc]
         c = self.embed_condition(t_emb, cond, drop)                         # [B, Dc] or [B, N, Dc]
         h = self.x_embedder(x) + self.pos_embed.to(x.dtype)                  # [B, N, D]
-        for block in self.dit_blocks[:cfg.depth]:
+        for block in self.blocks:
             h = block(h, c, self.feat_rope)
         if not cfg.is_dh:
             return self.final_layer(h, c)                                    # [B, N, C]
         # DiT^DH (RAE section 5): s = silu(body + t_emb) conditions each head token separately.
         s = self.s_projector(F.silu(h + t_emb[:, None, :].to(h.dtype)))     # [B, N, D_dec]
         z = self.s_embedder(x)                                               # [B, N, D_dec]
-        for block in self.dit_blocks[cfg.depth:]:
+        for block in self.head_blocks:
             z = block(z, s, self.head_rope)
         return self.final_layer(z, s)                                        # [B, N, C]
 

@@ -1,4 +1,4 @@
-"""ShapesEval and test-time scaling: every candidate scored by the analytic scorer, then selections.
+"""Best-of-N arithmetic over a table of scored candidates (ShapesEval's, `unimodal.shapes.benchmark`).
 
 One generation with n candidates per prompt (all decoded: kept ones in samples/, the rest in
 rejected/) answers every question without generating again, because candidate k's noise does not
@@ -10,40 +10,17 @@ n = N would have drawn, and the judge's ranking of them is re-done from the reco
   `unified.generate` sorts).
 - random: every candidate among 0..N-1 counted once = the expected score of a random pick.
 - oracle: a prompt counts as correct when any of its first N candidates is.
-Scores are in GenEval's summary shape (`unimodal.shapes.scorer.summarize`: overall = mean of tags).
+A table holds, per prompt, its tag, its metadata (a JSON string) and every saved candidate with its
+index, judge scores and verdict ("correct"). Scores are in GenEval's summary shape
+(`unimodal.evaluation.geneval.summarize`: overall = mean of tags).
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from PIL import Image
-
-from unimodal.evaluation.harness import PromptItem
-from unimodal.evaluation.layouts import GenevalLayout
-
-
-def candidate_table(layout: GenevalLayout, items: Sequence[PromptItem], cfg) -> list[dict[str, Any]]:
-    """Per prompt: its tag, metadata and every saved candidate with judge scores and the verdict
-    of the Shapes scorer (`score_image`, GenEval's rules)."""
-    from unimodal.shapes.scorer import score_image
-
-    table = []
-    for it in items:
-        folder = layout.folder(it)
-        record = json.loads((folder / "candidates.json").read_text())
-        cands = []
-        for c in record["candidates"]:
-            if c.get("file") is None:
-                continue
-            with Image.open(folder / c["file"]) as img:
-                res = score_image(img, it.metadata, cfg, filename=str(folder / c["file"]))
-            cands.append({**c, "correct": res["correct"], "reason": res["reason"], "result": res})
-        table.append({"index": it.index, "tag": it.metadata["tag"], "metadata": json.dumps(it.metadata),
-                      "line": it.metadata, "candidates": cands})
-    return table
+from unimodal.evaluation.geneval import summarize
 
 
 def select(cands: list[dict[str, Any]], n: int, k: int, judge: str | None) -> list[dict[str, Any]]:
@@ -59,27 +36,21 @@ def select(cands: list[dict[str, Any]], n: int, k: int, judge: str | None) -> li
     return sorted(pool, key=lambda c: (-c[judge], c["index"]))[:k]
 
 
-def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    from unimodal.shapes.scorer import summarize
-
-    return summarize(rows)
-
-
 def selection_summary(table: list[dict[str, Any]], n: int, k: int, judge: str | None) -> dict[str, Any]:
     """GenEval summary of the images a (n, keep=k, judge) run writes."""
-    return _summary([{"tag": p["tag"], "metadata": p["metadata"], "correct": c["correct"]}
+    return summarize([{"tag": p["tag"], "metadata": p["metadata"], "correct": c["correct"]}
                      for p in table for c in select(p["candidates"], n, k, judge)])
 
 
 def random_summary(table: list[dict[str, Any]], n: int) -> dict[str, Any]:
     """Every one of the first n candidates once: the expected score of a randomly picked image."""
-    return _summary([{"tag": p["tag"], "metadata": p["metadata"], "correct": c["correct"]}
+    return summarize([{"tag": p["tag"], "metadata": p["metadata"], "correct": c["correct"]}
                      for p in table for c in p["candidates"] if c["index"] < n])
 
 
 def oracle_summary(table: list[dict[str, Any]], n: int) -> dict[str, Any]:
     """One row per prompt, correct when any of its first n candidates is (pass@n)."""
-    return _summary([{"tag": p["tag"], "metadata": p["metadata"],
+    return summarize([{"tag": p["tag"], "metadata": p["metadata"],
                       "correct": any(c["correct"] for c in p["candidates"] if c["index"] < n)} for p in table])
 
 
@@ -95,26 +66,6 @@ def judge_agreement(table: list[dict[str, Any]], n: int, judge: str) -> dict[str
     m = len(table)
     return {"n": n, "judge": judge, "prompts": m, "top_pick_correct": sum(top) / m, "random_correct": sum(base) / m,
             "any_correct": sum(ceiling) / m, "lift": sum(top) / m - sum(base) / m}
-
-
-def shapes_report(table: list[dict[str, Any]], n: int, keep: int, judge: str | None, holdout=None) -> dict[str, Any]:
-    """ShapesEval: "single" (no selection) and, when n > keep, "best_of_n" (self-verified), overall
-    and split by whether the prompt asks for a combination held out of training."""
-    def both(rows):
-        out = {"single": selection_summary(rows, keep, keep, None)}
-        if n > keep and judge is not None:
-            out["best_of_n"] = selection_summary(rows, n, keep, judge)
-            out["judge_agreement"] = judge_agreement(rows, n, judge)
-        return out
-
-    report = {"n": n, "keep": keep, "judge": judge, **both(table)}
-    if holdout is not None:
-        from unimodal.shapes.holdout import metadata_violations
-
-        held = [p for p in table if metadata_violations(p["line"], holdout)]
-        seen = [p for p in table if not metadata_violations(p["line"], holdout)]
-        report["splits"] = {name: both(rows) for name, rows in (("seen", seen), ("held_out", held)) if rows}
-    return report
 
 
 def scaling_report(table: list[dict[str, Any]], ns: Sequence[int], keep: int, judges: Sequence[str]) -> dict[str, Any]:

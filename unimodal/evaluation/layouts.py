@@ -25,6 +25,7 @@ from PIL import Image
 
 from unimodal.config import ConfigError, atomic_write_text
 from unimodal.evaluation.generator import Candidate
+from unimodal.evaluation.geneval import read_metadata_jsonl
 from unimodal.evaluation.harness import PromptItem, remove_temporaries, save_png_atomic, tile_grid, write_json
 
 _SAMPLE = re.compile(r"\d+\.png")   # GenEval's evaluate_images.py filter (re.match: a prefix match)
@@ -33,8 +34,6 @@ _SAMPLE = re.compile(r"\d+\.png")   # GenEval's evaluate_images.py filter (re.ma
 # ---------------------------------------------------------------------- inputs
 def read_geneval_items(path: str | os.PathLike) -> list[PromptItem]:
     """Every line of a GenEval metadata jsonl, in file order (all of them: 553 for the official file)."""
-    from unimodal.shapes.metadata import read_metadata_jsonl
-
     try:
         lines = read_metadata_jsonl(path)
     except ValueError as e:          # a malformed line: bad input, one line (ConfigError is a ValueError)

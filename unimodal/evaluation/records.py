@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import unimodal
+from unimodal.evaluation.geneval import summarize
 
 
 def git_state() -> dict[str, Any]:
@@ -41,8 +42,6 @@ def run_record(benchmark: str, args: dict[str, Any], argv: list[str] | None = No
 
 def summarize_results_jsonl(path: str | os.PathLike) -> dict[str, Any]:
     """GenEval's summary_scores.py arithmetic over its evaluate_images.py output (results.jsonl)."""
-    from unimodal.shapes.scorer import summarize
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"results file not found: {path}")

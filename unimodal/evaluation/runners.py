@@ -1,9 +1,11 @@
-"""Benchmark runners: GenEval, DPG-Bench, ShapesEval and test-time scaling over the one harness.
+"""Benchmark runners: GenEval and DPG-Bench over the one harness, and the shared body of every
+runner (`generate_benchmark`, `finish_run`; ShapesEval and test-time scaling, `unimodal.shapes.benchmark`,
+use them too).
 
 Each `run_*` returns (summary dict, exit status) and writes the summary JSON (the recorded
 arguments reproduce the run). Official scorers (their commands: `geneval_scorer_commands`,
 `dpg_scorer_commands`, also in eval/README.md) run in their own environments on CUDA; ShapesEval
-scores locally with the analytic scorer.
+scores locally with the Shapes world's analytic scorer.
 """
 from __future__ import annotations
 
@@ -13,15 +15,14 @@ import shlex
 from pathlib import Path
 from typing import Any, Sequence
 
-from unimodal.config import Config, ConfigError, atomic_write_text
+from unimodal.config import Config, ConfigError
 from unimodal.evaluation.generator import JUDGES, ImageGenerator
+from unimodal.evaluation.geneval import format_summary
 from unimodal.evaluation.harness import (Layout, PromptItem, check_settings, count_check, is_finished, run_generation,
                                          shard_range, write_json)
 from unimodal.evaluation.layouts import (DpgLayout, GenevalLayout, read_dpg_items, read_geneval_items,
                                          source_digest)
 from unimodal.evaluation.records import run_record, summarize_results_jsonl
-
-SCALING_NS = (1, 2, 4, 8, 16)
 
 
 @dataclasses.dataclass
@@ -81,7 +82,7 @@ def load_generator(opts: RunOptions, judge: str | None) -> ImageGenerator:
                                             guidance_scale=opts.guidance_scale, batch_size=opts.batch_size)
 
 
-def _run_file(meta_dir: Path, rng: range, total: int, name: str = "summary", suffix: str = ".json") -> Path:
+def run_file(meta_dir: Path, rng: range, total: int, name: str = "summary", suffix: str = ".json") -> Path:
     """`<name><suffix>` for a whole-benchmark run, `<name>_<start>-<end><suffix>` for a shard's."""
     whole = rng.start == 0 and rng.stop == total
     return Path(meta_dir) / (f"{name}{suffix}" if whole else f"{name}_{rng.start:05d}-{rng.stop:05d}{suffix}")
@@ -122,8 +123,8 @@ def generate_benchmark(benchmark: str, items: list[PromptItem], layout: Layout, 
     return summary, rng, ok
 
 
-def _finish(summary: dict[str, Any], path: Path, sharded: bool, scorer: str | None = None,
-            texts: Sequence[str] = ()) -> None:
+def finish_run(summary: dict[str, Any], path: Path, sharded: bool, scorer: str | None = None,
+               texts: Sequence[str] = ()) -> None:
     """Write the summary JSON and print the count check, the scorer's commands and `texts`."""
     write_json(path, summary)
     c = summary["counts"]
@@ -154,8 +155,6 @@ def run_geneval(metadata: str, opts: RunOptions, results: str | None = None,
                 generator: ImageGenerator | None = None) -> tuple[dict[str, Any], int]:
     """All prompts of a GenEval metadata file (553 official) in GenEval's layout, `keep` (4) images
     per prompt. `results` (the official scorer's results.jsonl) adds its scores to the summary."""
-    from unimodal.shapes.scorer import format_summary
-
     items = read_geneval_items(metadata)
     layout = GenevalLayout(opts.out, opts.keep, opts.n, opts.save_rejected)
     summary, rng, ok = generate_benchmark("geneval", items, layout, opts, metadata, source_digest(metadata),
@@ -164,8 +163,8 @@ def run_geneval(metadata: str, opts: RunOptions, results: str | None = None,
     summary["scorer_commands"] = geneval_scorer_commands(opts.out)
     if results is not None:
         summary["scores"] = summarize_results_jsonl(results)
-    _finish(summary, _run_file(layout.meta_dir, rng, len(items)), opts.sharded,
-            "geneval checkout, its environment, CUDA", [format_summary(summary["scores"])] if results else [])
+    finish_run(summary, run_file(layout.meta_dir, rng, len(items)), opts.sharded,
+               "geneval checkout, its environment, CUDA", [format_summary(summary["scores"])] if results else [])
     return summary, 0 if ok else 1
 
 
@@ -194,120 +193,6 @@ def run_dpg(prompts: str, opts: RunOptions, tile_size: int | None = None,
     tile = layout.observed_tile_size()
     summary["tile_size"] = tile
     summary["scorer_commands"] = dpg_scorer_commands(opts.out, tile if tile is not None else "<TILE_SIZE>")
-    _finish(summary, _run_file(layout.meta_dir, rng, len(items)), opts.sharded,
-            "ELLA checkout, its environment, CUDA")
+    finish_run(summary, run_file(layout.meta_dir, rng, len(items)), opts.sharded,
+               "ELLA checkout, its environment, CUDA")
     return summary, 0 if ok else 1
-
-
-# ---------------------------------------------------------------------- ShapesEval and scaling
-def _shapes_items(opts: RunOptions, shapes_config: str | None, metadata: str | None, split: str):
-    """(items, ShapesConfig, metadata path, sha256). Without `metadata`, the Shapes world's
-    ShapesEval prompts (`build_metadata`; `split` keeps all, the held-out or the seen ones) are
-    written to <out>/shapes_metadata.jsonl."""
-    import hashlib
-
-    from unimodal.config import load_config
-    from unimodal.shapes import ShapesConfig, build_metadata, holdout_of, split_by_holdout
-
-    cfg = load_config(ShapesConfig, shapes_config) if shapes_config else ShapesConfig()
-    if metadata is not None:
-        return read_geneval_items(metadata), cfg, metadata, source_digest(metadata)
-    lines = build_metadata(cfg, holdout_of(cfg))
-    if split != "all":
-        seen, held = split_by_holdout(lines, holdout_of(cfg))
-        lines = {"seen": seen, "held_out": held}[split]
-    text = "".join(json.dumps(line) + "\n" for line in lines)
-    path = Path(opts.out) / "shapes_metadata.jsonl"
-    digest = hashlib.sha256(text.encode()).hexdigest()
-    settings = Path(opts.out) / "generation.json"
-    # Check before overwriting: a folder made from other prompts keeps its metadata file.
-    if settings.is_file() and json.loads(settings.read_text()).get("source_sha256") != digest:
-        raise ConfigError(f"{opts.out} was generated from other ShapesEval prompts (config or split differ); "
-                          "use a new output folder")
-    if not path.is_file() or path.read_text() != text:
-        atomic_write_text(path, text)
-    return read_geneval_items(path), cfg, str(path), digest
-
-
-def _score_shapes(items, layout, rng, cfg):
-    from unimodal.evaluation.analysis import candidate_table
-
-    selected = [items[i] for i in rng]
-    if not all(is_finished(layout, it) for it in selected):
-        return None
-    return candidate_table(layout, selected, cfg)
-
-
-def run_shapes(opts: RunOptions, shapes_config: str | None = None, metadata: str | None = None, split: str = "all",
-               generator: ImageGenerator | None = None) -> tuple[dict[str, Any], int]:
-    """ShapesEval: generate in GenEval's layout, score every image with the analytic scorer, report
-    "single" (no selection) and, with n > keep, self-verified "best_of_n", overall and per split;
-    with n > keep also every judge's best-of-N for N = keep, 2 keep, 4 keep, ..., n beside the
-    random-pick and oracle references (both judges' scores are recorded with every candidate),
-    plotted as PNG."""
-    from unimodal.evaluation.analysis import plot_scaling, scaling_report, shapes_report
-    from unimodal.shapes import format_summary, holdout_of
-
-    if not opts.save_rejected and opts.n > opts.keep:
-        raise ConfigError("ShapesEval scores the rejected candidates too (\"single\" = candidates 0..K-1); "
-                          "drop --no-rejected")
-    items, cfg, source, digest = _shapes_items(opts, shapes_config, metadata, split)
-    layout = GenevalLayout(opts.out, opts.keep, opts.n, save_rejected=True)
-    summary, rng, ok = generate_benchmark("shapes_eval", items, layout, opts, source, digest, opts.selection_judge,
-                                          generator, {"shapes_config": cfg.to_dict()},
-                                          {"shapes_config": shapes_config, "metadata": metadata, "split": split})
-    table = _score_shapes(items, layout, rng, cfg)
-    if table is not None:
-        summary["scores"] = shapes_report(table, opts.n, opts.keep, opts.selection_judge, holdout_of(cfg))
-        if opts.selection_judge is not None:
-            ns = sorted({min(opts.keep * 2 ** k, opts.n) for k in range(opts.n.bit_length() + 1)})
-            summary["scaling"] = scaling_report(table, ns, opts.keep, list(JUDGES))
-            plot = _run_file(layout.meta_dir, rng, len(items), "scaling", ".png")
-            plot_scaling(summary["scaling"], plot, title="ShapesEval: best-of-N by each judge")
-            summary["plot"] = str(plot)
-        # GenEval's results.jsonl for the benchmark images (what evaluate_images.py would write).
-        results = [c["result"] for p in table for c in p["candidates"] if c["kept"]]
-        atomic_write_text(_run_file(layout.meta_dir, rng, len(items), "results", ".jsonl"),
-                          "".join(json.dumps(r) + "\n" for r in results))
-    texts = [f"[{key}]\n{format_summary(summary['scores'][key])}" for key in ("single", "best_of_n")
-             if table is not None and key in summary["scores"]]
-    _finish(summary, _run_file(layout.meta_dir, rng, len(items)), opts.sharded, texts=texts)
-    return summary, 0 if ok and table is not None else 1
-
-
-def run_scaling(opts: RunOptions, ns: Sequence[int] = SCALING_NS, judges: Sequence[str] = JUDGES,
-                shapes_config: str | None = None, metadata: str | None = None, split: str = "all",
-                generator: ImageGenerator | None = None) -> tuple[dict[str, Any], int]:
-    """Test-time scaling on ShapesEval: one run with n = max(ns) candidates (all decoded and
-    scored), then the score of best-`keep`-of-N for every N and judge, plotted beside the JSON."""
-    from unimodal.evaluation.analysis import plot_scaling, scaling_report
-
-    ns = sorted(set(int(v) for v in ns))
-    if not ns or ns[0] < 1:
-        raise ConfigError(f"candidate counts N must be >= 1, got {ns}")
-    if opts.n != ns[-1] or not opts.save_rejected:
-        raise ConfigError(f"scaling generates n = max(N) = {ns[-1]} candidates and scores all of them; "
-                          f"got n={opts.n}{'' if opts.save_rejected else ' with --no-rejected'}")
-    unknown = sorted(set(judges) - set(JUDGES))
-    if unknown:
-        raise ConfigError(f"unknown judge(s) {unknown}; choose from {list(JUDGES)}")
-    items, cfg, source, digest = _shapes_items(opts, shapes_config, metadata, split)
-    layout = GenevalLayout(opts.out, opts.keep, opts.n, save_rejected=True)
-    # Always judged (both judges' scores are recorded whichever one ranks the kept images).
-    summary, rng, ok = generate_benchmark("test_time_scaling", items, layout, opts, source, digest, opts.judge,
-                                          generator, {"shapes_config": cfg.to_dict()},
-                                          {"ns": ns, "judges": list(judges), "shapes_config": shapes_config,
-                                           "metadata": metadata, "split": split})
-    table = _score_shapes(items, layout, rng, cfg)
-    texts = []
-    if table is not None:
-        report = scaling_report(table, ns, opts.keep, list(judges))
-        summary["scaling"] = report
-        plot = _run_file(layout.meta_dir, rng, len(items), "scaling", ".png")
-        plot_scaling(report, plot)
-        summary["plot"] = str(plot)
-        texts = [f"{j:>10} N={a['n']:>2}: score {p['overall']:.3f}; top pick correct {a['top_pick_correct']:.3f} vs "
-                 f"random {a['random_correct']:.3f} (any correct {a['any_correct']:.3f})"
-                 for j in judges for a, p in zip(report["judge_agreement"][j], report["curves"][j])]
-    _finish(summary, _run_file(layout.meta_dir, rng, len(items), "scaling"), opts.sharded, texts=texts)
-    return summary, 0 if ok and table is not None else 1

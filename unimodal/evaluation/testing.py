@@ -1,6 +1,6 @@
-"""Stand-in generators implementing `ImageGenerator` without a model, for tests of the harness's
-layout / shard / resume logic and of the ShapesEval and scaling arithmetic. Real runs (and at least
-one test) go through `UnifiedGenerator`."""
+"""A stand-in generator implementing `ImageGenerator` without a model, for tests of the harness's
+layout / shard / resume logic (ShapesEval's stand-in is `unimodal.shapes.testing`). Real runs (and at
+least one test) go through `UnifiedGenerator`."""
 from __future__ import annotations
 
 import hashlib
@@ -51,49 +51,5 @@ class StandInGenerator:
                 c.kept = r < keep
                 if not c.kept and not decode_rejected:
                     c.image = None
-            out.append(cands)
-        return out
-
-
-class ShapesRenderGenerator:
-    """For ShapesEval prompts: candidate k is a ground-truth render of the prompt's metadata line
-    with probability `p_correct` (else a deliberately wrong one), and its yes_prob is high exactly
-    when it is correct (a perfect judge), while its likelihood is noise (an uninformative judge)."""
-
-    def __init__(self, lines: Sequence[dict], cfg, p_correct: float = 0.4, image_size: int | None = None):
-        self.by_prompt = {line["prompt"]: line for line in lines}
-        self.cfg = cfg
-        self.p_correct = p_correct
-        self.image_size = image_size
-
-    def describe(self) -> dict[str, Any]:
-        return {"model_path": None, "stand_in": "ShapesRenderGenerator", "p_correct": self.p_correct}
-
-    def generate(self, prompts: Sequence[str], prompt_seeds: Sequence[int], *, n: int, keep: int,
-                 decode_rejected: bool = False) -> list[list[Candidate]]:
-        from unimodal.shapes.renders import WRONG_KINDS, render_metadata
-
-        out = []
-        for prompt, seed in zip(prompts, prompt_seeds):
-            line = self.by_prompt[prompt]
-            cands = []
-            for k in range(n):
-                s = candidate_seed(seed, prompt, k)
-                rng = np.random.default_rng(s)
-                good = bool(rng.random() < self.p_correct)
-                img = None
-                if not good:
-                    for kind in rng.permutation(WRONG_KINDS):
-                        img = render_metadata(line, self.cfg, sample=k, wrong=str(kind), image_size=self.image_size)
-                        if img is not None:
-                            break
-                if img is None:
-                    good, img = True, render_metadata(line, self.cfg, sample=k, image_size=self.image_size)
-                scores = {"yes_prob": (0.6 if good else 0.1) + 0.3 * float(rng.random()),
-                          "likelihood": float(rng.normal())}
-                cands.append(Candidate(k, s, img, scores, True))
-            cands.sort(key=lambda c: -c.scores["yes_prob"])
-            for r, c in enumerate(cands):
-                c.kept = r < keep
             out.append(cands)
         return out

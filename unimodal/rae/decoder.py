@@ -5,16 +5,13 @@ for the CLS slot), L pre-LN transformer layers with a GELU MLP, final LN, Linear
 dropped, unpatchify. The output lives in the encoder's normalised pixel space; the RAE maps it
 back to [0, 1] with the encoder's pixel mean/std.
 
-Parameter names follow the official decoder checkpoints (``nyu-visionx/siglip2_decoder``
-``model.pt``) one to one: ``decoder_embed``, ``decoder_pos_embed``,
-``trainable_cls_token``, ``decoder_layers.{i}.attention.attention.{query,key,value}``,
-``decoder_layers.{i}.attention.output.dense``, ``decoder_layers.{i}.intermediate.dense``,
-``decoder_layers.{i}.output.dense``, ``decoder_layers.{i}.layernorm_{before,after}``,
-``decoder_norm``, ``decoder_pred``. A converter therefore only strips the file's key prefix.
+The official decoder checkpoints (``nyu-visionx/siglip2_decoder`` ``model.pt``) use ViTMAE's nested
+module names; unimodal/convert/vitmae_decoder.py maps them onto the plain names here.
 """
 from __future__ import annotations
 
 import dataclasses
+from collections import OrderedDict
 from typing import Any
 
 import torch
@@ -79,50 +76,29 @@ def decoder_param_count(config: DecoderConfig) -> int:
     return (c * d + d) + d + config.num_layers * layer + 2 * d + (d * out + out)
 
 
-def sincos_pos_embed_2d(dim: int, grid_size: int) -> torch.Tensor:
-    """MAE's fixed 2D sin-cos table with a zero row for the CLS slot, [grid^2 + 1, dim].
-
-    The layout of the official MAE code (He et al. 2022, `get_2d_sincos_pos_embed(cls_token=True)`),
-    which the DiT shares: first half of the channels = column, second half = row, row-major tokens.
-    """
-    return torch.cat([torch.zeros(1, dim), sincos_2d_pos_embed(dim, grid_size)], dim=0)
-
-
 def add_latent_noise(z: torch.Tensor, tau: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """RAE noise-augmented decoding: z + sigma * eps, sigma = tau * U(0, 1) per sample (RAE sec. 3.2)."""
     sigma = tau * torch.rand(z.shape[0], *([1] * (z.ndim - 1)), device=z.device, dtype=z.dtype, generator=generator)
     return z + sigma * torch.randn(z.shape, device=z.device, dtype=z.dtype, generator=generator)
 
 
-class _SelfAttention(nn.Module):
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.query = nn.Linear(dim, dim)
-        self.key = nn.Linear(dim, dim)
-        self.value = nn.Linear(dim, dim)
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with separate q / k / v projections (ViTMAE's layout), no RoPE."""
 
-
-class _Dense(nn.Module):
-    """A holder giving the `...output.dense` key names of the ViTMAE layout."""
-
-    def __init__(self, d_in: int, d_out: int) -> None:
-        super().__init__()
-        self.dense = nn.Linear(d_in, d_out)
-
-
-class _Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()
         self.num_heads = num_heads
-        self.attention = _SelfAttention(dim)
-        self.output = _Dense(dim, dim)
+        self.query = nn.Linear(dim, dim)
+        self.key = nn.Linear(dim, dim)
+        self.value = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
         heads = lambda t: t.view(b, n, self.num_heads, d // self.num_heads).transpose(1, 2)  # noqa: E731
-        q, k, v = (heads(lin(x)) for lin in (self.attention.query, self.attention.key, self.attention.value))
+        q, k, v = (heads(lin(x)) for lin in (self.query, self.key, self.value))
         out = F.scaled_dot_product_attention(q, k, v)      # [B, heads, N, d/heads]
-        return self.output.dense(out.transpose(1, 2).reshape(b, n, d))
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
 
 class DecoderLayer(nn.Module):
@@ -131,15 +107,15 @@ class DecoderLayer(nn.Module):
     def __init__(self, config: DecoderConfig) -> None:
         super().__init__()
         d, eps = config.hidden_size, config.layer_norm_eps
-        self.layernorm_before = nn.LayerNorm(d, eps=eps)
-        self.attention = _Attention(d, config.num_heads)
-        self.layernorm_after = nn.LayerNorm(d, eps=eps)
-        self.intermediate = _Dense(d, config.intermediate_size)
-        self.output = _Dense(config.intermediate_size, d)
+        self.norm1 = nn.LayerNorm(d, eps=eps)
+        self.attn = SelfAttention(d, config.num_heads)
+        self.norm2 = nn.LayerNorm(d, eps=eps)
+        self.mlp = nn.Sequential(OrderedDict(fc1=nn.Linear(d, config.intermediate_size), act=nn.GELU(),
+                                             fc2=nn.Linear(config.intermediate_size, d)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attention(self.layernorm_before(x))
-        return x + self.output.dense(F.gelu(self.intermediate.dense(self.layernorm_after(x))))
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
 
 
 class RAEDecoder(nn.Module):
@@ -147,13 +123,13 @@ class RAEDecoder(nn.Module):
         super().__init__()
         self.config = config
         d, p = config.hidden_size, config.patch_size
-        self.decoder_embed = nn.Linear(config.in_channels, d)
+        self.embed = nn.Linear(config.in_channels, d)
         # Fixed, so a buffer: saved with the weights (the official checkpoints store it) but never optimised.
-        self.register_buffer("decoder_pos_embed", sincos_pos_embed_2d(d, config.grid_size).unsqueeze(0))
-        self.trainable_cls_token = nn.Parameter(torch.zeros(1, 1, d))
-        self.decoder_layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_layers))
-        self.decoder_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
-        self.decoder_pred = nn.Linear(d, p * p * 3)
+        self.register_buffer("pos_embed", sincos_2d_pos_embed(d, config.grid_size, cls_token=True).unsqueeze(0))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_layers))
+        self.norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.to_pixels = nn.Linear(d, p * p * 3)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -165,7 +141,7 @@ class RAEDecoder(nn.Module):
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        nn.init.normal_(self.trainable_cls_token, std=0.02)
+        nn.init.normal_(self.cls_token, std=0.02)
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
         """[B, g*g, p*p*3] -> [B, 3, g*p, g*p]; each token's vector is (row, col, channel) ordered."""
@@ -185,11 +161,11 @@ class RAEDecoder(nn.Module):
             raise ValueError(f"decoder expects latents [B, {cfg.num_tokens}, {cfg.in_channels}], got {tuple(z.shape)}")
         if self.training and cfg.noise_tau > 0:
             z = add_latent_noise(z, cfg.noise_tau)
-        x = self.decoder_embed(z)                                          # [B, N, D]
-        cls = self.trainable_cls_token.expand(x.shape[0], -1, -1)
-        x = torch.cat([cls, x], dim=1) + self.decoder_pos_embed.to(x.dtype)  # [B, N+1, D]
-        for layer in self.decoder_layers:
+        x = self.embed(z)                                                  # [B, N, D]
+        cls = self.cls_token.expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1) + self.pos_embed.to(x.dtype)        # [B, N+1, D]
+        for layer in self.layers:
             x = layer(x)
-        x = self.decoder_pred(self.decoder_norm(x))[:, 1:]                  # [B, N, p*p*3]
+        x = self.to_pixels(self.norm(x))[:, 1:]                            # [B, N, p*p*3]
         return self.unpatchify(x)                                          # [B, 3, g*p, g*p]
 

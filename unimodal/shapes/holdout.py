@@ -15,10 +15,11 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from unimodal.evaluation.geneval import RELATIONS
 from unimodal.shapes.config import ShapesConfig
 from unimodal.shapes.relations import relative_position
 from unimodal.shapes.scene import ShapeObject
-from unimodal.shapes.vocab import OPPOSITE, RELATIONS, plural
+from unimodal.shapes.vocab import OPPOSITE, plural
 
 Triple = tuple[str, str, str]
 

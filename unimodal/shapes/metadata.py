@@ -1,8 +1,5 @@
-"""ShapesEval prompts in GenEval's exact metadata format, and a checker for that format.
-
-One JSON object per line, keys in GenEval's order: ``tag``, ``include`` (a list of clauses
-{class, count, optional color, optional position: [relation, index of an earlier clause]}),
-``exclude`` (counting only: the same class with count N + 1) and ``prompt``.
+"""ShapesEval prompts in GenEval's exact metadata format (`unimodal.evaluation.geneval` reads,
+writes and checks that format).
 
 Prompt selection is deterministic (`cfg.holdout_seed`): per tag, up to half of the quota goes to
 combinations that contain a held-out pair/triple, the rest to seen ones, each drawn in a seeded
@@ -12,18 +9,14 @@ of them: with the default 5 shapes, 5 single_object, 20 two_object, 15 counting 
 from __future__ import annotations
 
 import itertools
-import json
-import os
-from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 
-from unimodal.config import atomic_write_text
+from unimodal.evaluation.geneval import GENEVAL_TAGS, RELATIONS
 from unimodal.shapes import captions as cap
 from unimodal.shapes.config import ShapesConfig
 from unimodal.shapes.holdout import HoldOut, metadata_violations
-from unimodal.shapes.vocab import GENEVAL_TAGS, RELATIONS
 
 GENEVAL_QUOTAS: dict[str, int] = {"single_object": 80, "two_object": 99, "counting": 80, "colors": 94,
                                   "position": 100, "color_attr": 100}
@@ -97,63 +90,3 @@ def split_by_holdout(lines: Iterable[dict[str, Any]], holdout: HoldOut) -> tuple
     for line in lines:
         (held if metadata_violations(line, holdout) else seen).append(line)
     return seen, held
-
-
-def check_metadata_line(line: Any, classes: Iterable[str] | None = None) -> None:
-    """Raise ValueError (one line) unless `line` is a well-formed GenEval metadata object."""
-    if not isinstance(line, dict):
-        raise ValueError(f"metadata line must be an object, got {type(line).__name__}")
-    keys = list(line)
-    expected = ["tag", "include", "exclude", "prompt"] if "exclude" in line else ["tag", "include", "prompt"]
-    if keys != expected:
-        raise ValueError(f"metadata keys {keys} differ from GenEval's {expected}")
-    if line["tag"] not in GENEVAL_TAGS:
-        raise ValueError(f"tag {line['tag']!r} is not one of {list(GENEVAL_TAGS)}")
-    if not isinstance(line["prompt"], str) or not line["prompt"]:
-        raise ValueError("prompt must be a non-empty string")
-    classes = None if classes is None else set(classes)
-    for part in ("include", "exclude"):
-        clauses = line.get(part, [])
-        if not isinstance(clauses, list) or (part == "include" and not clauses):
-            raise ValueError(f"{part} must be a non-empty list")
-        for k, c in enumerate(clauses):
-            allowed = {"class", "count", "color", "position"} if part == "include" else {"class", "count"}
-            if not isinstance(c, dict) or not {"class", "count"} <= set(c) <= allowed:
-                raise ValueError(f"{part}[{k}] must have class and count (and only {sorted(allowed)})")
-            if not isinstance(c["class"], str) or (classes is not None and c["class"] not in classes):
-                raise ValueError(f"{part}[{k}].class {c['class']!r} is not a known class")
-            if isinstance(c["count"], bool) or not isinstance(c["count"], int) or c["count"] < 1:
-                raise ValueError(f"{part}[{k}].count must be an integer >= 1")
-            if "color" in c and not isinstance(c["color"], str):
-                raise ValueError(f"{part}[{k}].color must be a string")
-            if "position" in c:
-                p = c["position"]
-                if (not isinstance(p, list) or len(p) != 2 or p[0] not in RELATIONS
-                        or not isinstance(p[1], int) or not 0 <= p[1] < k):
-                    raise ValueError(f"{part}[{k}].position must be [relation, index of an earlier clause]")
-    if line["tag"] == "counting":
-        inc, exc = line["include"], line.get("exclude", [])
-        if len(inc) != 1 or len(exc) != 1 or exc[0] != {"class": inc[0]["class"], "count": inc[0]["count"] + 1}:
-            raise ValueError("counting lines need one include clause and exclude = same class, count N + 1")
-
-
-def write_metadata_jsonl(lines: Iterable[dict[str, Any]], path: str | os.PathLike) -> None:
-    """GenEval's layout: one compact JSON object per line (key order kept)."""
-    atomic_write_text(path, "".join(json.dumps(line) + "\n" for line in lines))
-
-
-def read_metadata_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"metadata file not found: {path}")
-    out = []
-    for n, text in enumerate(path.read_text().splitlines(), 1):
-        if not text.strip():
-            continue
-        try:
-            line = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: not valid JSON ({e})") from None
-        check_metadata_line(line)
-        out.append(line)
-    return out

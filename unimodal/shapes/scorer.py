@@ -28,11 +28,10 @@ import numpy as np
 from PIL import Image
 
 from unimodal.config import atomic_write_text
+from unimodal.evaluation.geneval import check_metadata_line, summarize
 from unimodal.shapes.config import ShapesConfig
 from unimodal.shapes.detect import Detection, detect_objects
-from unimodal.shapes.metadata import check_metadata_line
 from unimodal.shapes.relations import relative_position
-from unimodal.shapes.vocab import GENEVAL_TAGS
 
 
 def evaluate(detections: Iterable[Detection], line: dict[str, Any], cfg: ShapesConfig) -> tuple[bool, str]:
@@ -101,41 +100,6 @@ def score_image(image: Image.Image | np.ndarray, line: dict[str, Any], cfg: Shap
         details[d.shape or "unknown"].append(d.to_dict())
     return {"filename": filename, "tag": line["tag"], "prompt": line["prompt"], "correct": bool(correct),
             "reason": reason, "metadata": json.dumps(line), "details": json.dumps(details)}
-
-
-def summarize(results: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """GenEval's summary: image / prompt accuracy, per-tag accuracy, overall = mean of tag scores."""
-    results = list(results)
-    if not results:
-        raise ValueError("no results to summarize")
-    by_tag: dict[str, list[bool]] = defaultdict(list)
-    by_prompt: dict[str, list[bool]] = defaultdict(list)
-    for r in results:
-        by_tag[r["tag"]].append(bool(r["correct"]))
-        by_prompt[r["metadata"]].append(bool(r["correct"]))
-    tags = {t: float(np.mean(by_tag[t])) for t in [*GENEVAL_TAGS, *sorted(set(by_tag) - set(GENEVAL_TAGS))]
-            if t in by_tag}
-    return {
-        "total_images": len(results),
-        "total_prompts": len(by_prompt),
-        "correct_images": float(np.mean([r["correct"] for r in results])),
-        "correct_prompts": float(np.mean([any(v) for v in by_prompt.values()])),
-        "tags": tags,
-        "tag_counts": {t: [int(sum(by_tag[t])), len(by_tag[t])] for t in tags},
-        "overall": float(np.mean(list(tags.values()))),
-    }
-
-
-def format_summary(summary: dict[str, Any]) -> str:
-    """The text GenEval's summary_scores.py prints."""
-    lines = ["Summary", "=======", f"Total images: {summary['total_images']}",
-             f"Total prompts: {summary['total_prompts']}", f"% correct images: {summary['correct_images']:.2%}",
-             f"% correct prompts: {summary['correct_prompts']:.2%}", "", "Task breakdown", "=============="]
-    for tag, acc in summary["tags"].items():
-        k, n = summary["tag_counts"][tag]
-        lines.append(f"{tag:<16} = {acc:.2%} ({k} / {n})")
-    lines += ["", f"Overall score (avg. over tasks): {summary['overall']:.5f}"]
-    return "\n".join(lines)
 
 
 def iter_geneval_folder(out_dir: str | os.PathLike):

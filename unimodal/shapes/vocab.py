@@ -1,6 +1,7 @@
 """The Shapes world's words: colours (with their RGB values), shape names, numbers, plurals, articles.
 
-Colour names are exactly GenEval's ten (``evaluate_images.py`` COLORS); relations are GenEval's four.
+Colour names are exactly GenEval's ten (``evaluate_images.py`` COLORS); GenEval's tags and relations
+are `unimodal.evaluation.geneval`'s.
 """
 from __future__ import annotations
 
@@ -23,11 +24,8 @@ PALETTE: dict[str, tuple[int, int, int]] = {
 }
 GENEVAL_COLORS: tuple[str, ...] = tuple(PALETTE)
 
-# GenEval's relation phrases, exactly as in its metadata ("a photo of a dog right of a teddy bear").
-RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
+# The converse of each of GenEval's relations.
 OPPOSITE: dict[str, str] = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
-
-GENEVAL_TAGS: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 
 NUMBER_WORDS: dict[int, str] = {0: "zero", 1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six",
                                 7: "seven", 8: "eight", 9: "nine", 10: "ten"}

@@ -149,7 +149,7 @@ def train(config_path: str | None, overrides: list[str] = (), deepspeed_config: 
     loader = infinite_loader(train_set, tc.batch_size, seed=tc.seed, start_position=position, dist=dist,
                              num_workers=tc.num_workers)
     batches = iter(loader)
-    last_linear = LinearIO(decoder.decoder_pred)   # its W sets the adaptive GAN weight (RAE / VQGAN)
+    last_linear = LinearIO(decoder.to_pixels)   # its W sets the adaptive GAN weight (RAE / VQGAN)
     pixel_mean, pixel_std = rae.encoder.pixel_mean, rae.encoder.pixel_std
 
     # ---- loop ---------------------------------------------------------------------------------
@@ -181,7 +181,7 @@ def train(config_path: str | None, overrides: list[str] = (), deepspeed_config: 
                 loss = rec
                 if g_on:
                     terms["gan_g"] = generator_loss(generator_logits(disc, quantize_8bit(recon.float())))
-                    # lambda from d/d(recon), mapped back onto decoder_pred's output (CLS row dropped).
+                    # lambda from d/d(recon), mapped back onto to_pixels' output (CLS row dropped).
                     terms["lambda"] = adaptive_weight_at_output(
                         rec, terms["gan_g"], recon, lambda g: decoder.patchify(g * pixel_std),
                         last_linear.input[:, 1:], lc.adaptive_weight_max)

@@ -14,7 +14,7 @@ from typing import Iterator
 
 import torch
 
-from unimodal.utils.weights import check_state_dict
+from unimodal.utils.weights import check_state_dict, rename_legacy_keys
 
 
 def _gathered(params: list[torch.nn.Parameter], modify: bool):
@@ -106,8 +106,9 @@ class EMA:
                 "shadow": {k: v.detach().cpu() for k, v in self.shadow.items()}}
 
     def load_state_dict(self, state: dict) -> None:
-        check_state_dict(self.shadow, state["shadow"], "EMA state")
+        shadow = rename_legacy_keys(self.shadow, state["shadow"], "EMA state")
+        check_state_dict(self.shadow, shadow, "EMA state")
         self.decay = float(state["decay"])
         self.num_updates = int(state["num_updates"])
-        for k, v in state["shadow"].items():
+        for k, v in shadow.items():
             self.shadow[k].copy_(v.to(torch.float32))

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Iterator, Mapping, TypeVar
 
@@ -50,9 +52,70 @@ def check_state_dict(expected: Mapping[str, torch.Tensor], given: Mapping[str, t
 
 
 def load_state_dict_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "weights") -> None:
-    """`module.load_state_dict(strict=True)` with an error that names every offending key."""
-    check_state_dict(module.state_dict(), state_dict, source)
+    """`module.load_state_dict(strict=True)` with an error that names every offending key; files
+    saved under the earlier key names load through `rename_legacy_keys`."""
+    expected = module.state_dict()
+    state_dict = rename_legacy_keys(expected, state_dict, source)
+    check_state_dict(expected, state_dict, source)
     module.load_state_dict(state_dict, strict=True)
+
+
+# The earlier key names, from when the modules copied the reference checkpoints' layouts: the RAE
+# decoder nested ViTMAE's holder modules, and the DiT kept body and DiT^DH head blocks in one
+# `dit_blocks` list (mapped in `_current_name`, which needs the body depth). Exports and training
+# checkpoints written then still load. Each pattern starts at a path component, under any prefix
+# (`decoder.`, `rae.decoder.`, `dit.`).
+_LEGACY_DECODER_NAMES = [(re.compile(r"(?<![^.])" + old), new) for old, new in (
+    (r"decoder_layers\.(\d+)\.attention\.attention\.(query|key|value)\.", r"layers.\1.attn.\2."),
+    (r"decoder_layers\.(\d+)\.attention\.output\.dense\.", r"layers.\1.attn.proj."),
+    (r"decoder_layers\.(\d+)\.intermediate\.dense\.", r"layers.\1.mlp.fc1."),
+    (r"decoder_layers\.(\d+)\.output\.dense\.", r"layers.\1.mlp.fc2."),
+    (r"decoder_layers\.(\d+)\.layernorm_before\.", r"layers.\1.norm1."),
+    (r"decoder_layers\.(\d+)\.layernorm_after\.", r"layers.\1.norm2."),
+    (r"decoder_embed\.", "embed."),
+    (r"decoder_pos_embed$", "pos_embed"),
+    (r"trainable_cls_token$", "cls_token"),
+    (r"decoder_norm\.", "norm."),
+    (r"decoder_pred\.", "to_pixels."),
+)]
+_LEGACY_DIT_BLOCK = re.compile(r"(?<![^.])dit_blocks\.(\d+)\.")
+
+
+def _current_name(key: str, expected: Mapping[str, torch.Tensor]) -> str:
+    """The current name of an earlier key (the key itself when it has no earlier component)."""
+    for pattern, new in _LEGACY_DECODER_NAMES:
+        renamed, n = pattern.subn(new, key, count=1)
+        if n:
+            return renamed
+    m = _LEGACY_DIT_BLOCK.search(key)
+    if m is None:
+        return key
+    prefix, i, rest = key[:m.start()], int(m.group(1)), key[m.end():]
+    # Body blocks came first: the body depth is the number of blocks the module has under `blocks`.
+    body = prefix + "blocks."
+    depth = len({k[len(body):].split(".", 1)[0] for k in expected if k.startswith(body)})
+    return f"{prefix}blocks.{i}.{rest}" if i < depth else f"{prefix}head_blocks.{i - depth}.{rest}"
+
+
+def rename_legacy_keys(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor],
+                       source: str) -> dict[str, torch.Tensor]:
+    """`given` (an export, a training checkpoint's model or EMA state) under the current key names.
+    A state dict without earlier names comes back as it is; one with them must match `expected`
+    exactly once renamed (key count, names, shapes), and the error names each earlier key that maps
+    onto no expected key."""
+    names = {k: k if k in expected else _current_name(k, expected) for k in given}
+    if all(old == new for old, new in names.items()):
+        return dict(given)
+    unmapped = sorted(old if old == new else f"{old} (read as {new})" for old, new in names.items() if new not in expected)
+    twice = sorted(new for new, n in Counter(names.values()).items() if n > 1)
+    if unmapped:
+        raise WeightLoadError(f"{source} (earlier key names): keys that map onto none of the model's: {_preview(unmapped)}")
+    if twice:
+        raise WeightLoadError(f"{source} (earlier key names): keys given under both the earlier and the current name: "
+                              f"{_preview(twice)}")
+    renamed = {names[k]: v for k, v in given.items()}
+    check_state_dict(expected, renamed, f"{source} (renamed from earlier key names)")
+    return renamed
 
 
 def save_pretrained_dir(directory: str | os.PathLike, config: Config, state_dict: Mapping[str, torch.Tensor],

@@ -1,6 +1,6 @@
 """Recipe stage (g): the held-out checks of a finished Shapes model.
 
-- ShapesEval (GenEval layout and rules, `unimodal.evaluation.run_shapes`) on a per-tag subset of
+- ShapesEval (GenEval layout and rules, `unimodal.shapes.benchmark.run_shapes`) on a per-tag subset of
   the world's evaluation prompts: "single" (the first candidate) and self-verified best-1-of-N.
 - Caption correctness on ground-truth renders of held-out scenes (split "val"): the greedy caption
   is parsed (`parse_caption`) and counts as correct only when every object, colour and count is
@@ -168,9 +168,10 @@ def understanding_metrics(model, cfg: ShapesConfig, ecfg: RecipeEvalConfig) -> d
 def reconstruction_shapes_eval(model, cfg: ShapesConfig, lines: list[dict[str, Any]]) -> dict[str, Any]:
     """ShapesEval (mean of tag accuracies) of RAE reconstructions of each line's ground-truth render."""
     from unimodal.evaluation.generator import tensor_to_pil
+    from unimodal.evaluation.geneval import summarize
     from unimodal.shapes.renders import render_metadata
     from unimodal.shapes.scene import image_to_tensor
-    from unimodal.shapes.scorer import score_image, summarize
+    from unimodal.shapes.scorer import score_image
 
     images = torch.stack([image_to_tensor(render_metadata(line, cfg)) for line in lines])
     recon = model.rae.reconstruct(images.to(model.device))
@@ -181,7 +182,8 @@ def reconstruction_shapes_eval(model, cfg: ShapesConfig, lines: list[dict[str, A
 def evaluate_model(model_dir: str | Path, out_dir: str | Path, shapes: ShapesConfig, ecfg: RecipeEvalConfig,
                    progress: bool = True) -> dict[str, Any]:
     """All checks of the module docstring; writes `out_dir/metrics.json` and returns the metrics."""
-    from unimodal.evaluation.runners import RunOptions, run_shapes
+    from unimodal.evaluation.runners import RunOptions
+    from unimodal.shapes.benchmark import run_shapes
     from unimodal.unified.model import UnifiedModel
 
     out_dir = Path(out_dir)
