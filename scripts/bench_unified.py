@@ -1,11 +1,19 @@
-"""Latency of the unified model on the tiny config (CPU by default); the last line is one JSON object.
+"""Throughput of the unified model at the Shapes recipe's sizes; the last stdout line is one JSON object.
 
-    python scripts/bench_unified.py [--num-inference-steps 8] [--repeats 3] [--device cpu]
+    python scripts/bench_unified.py [--model models/shapes] [--repeats 5] [--threads 2] [--device cpu]
+    python scripts/bench_unified.py --tiny        # unified.testing's tiny model, seconds (for tests)
 
-Measures: generate one image (n=1, self-judged, decoded), best-of-8 (keep 1), caption one image
-(16 new tokens, KV cache), one training step (joint loss, batch 12: forward + backward + AdamW),
-and the process's peak resident memory. Each latency is the median of `--repeats` runs after one
-warm-up run.
+The model is the shipped one (it has the recipe's sizes); the settings are the recipe's pretrain
+stage (`RECIPE_PRESETS["full"]["pretrain"]`). Measured, each the median of `--repeats` runs after
+one warm-up:
+- `train_step`: one optimiser step as `unimodal train pretrain` takes it: the frozen encoder on the
+  batch's Shapes scenes, a task draw (text-to-image / caption / judge), the joint loss with
+  `fm_repeats` noise draws per target, backward, the engine's AdamW (`TrainEngine`), the EMA update;
+- `best_of_n`: `generate_images(n, keep=1)` with the model's own sampler (steps, guidance), judged by
+  the model and decoded;
+- `caption`: 16 new tokens for one scene.
+Throughputs are images per second; `peak_rss_mb` is the process's. Compare two trees by running
+this file from each (the `unimodal` it imports is the one on `sys.path` first).
 """
 from __future__ import annotations
 
@@ -16,65 +24,106 @@ import resource
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 
-from unimodal.commands._args import add_steps_arg
-
 
 def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
+    """Median seconds of `repeats` calls after one warm-up call."""
+    fn()
     out = []
     for _ in range(repeats):
         t = time.perf_counter()
         fn()
         out.append(time.perf_counter() - t)
-    return statistics.median(out) * 1000.0
+    return statistics.median(out)
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_steps_arg(parser, "--steps")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--model", default="models/shapes", help="a unified model directory with the recipe's sizes")
+    parser.add_argument("--tiny", action="store_true", help="unified.testing's tiny model and small settings")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--n", type=int, default=8, help="candidates of the best-of-n generation")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                        help="weights for generation and captioning (training always keeps fp32 weights)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
+    import unimodal
+    import unimodal.shapes  # noqa: F401  (registers the Shapes data source)
+    from unimodal.shapes.config import ShapesConfig
+    from unimodal.shapes.dataset import ShapesDataset
+    from unimodal.shapes.recipe.run import RECIPE_PRESETS
+    from unimodal.train.config import TrainConfig
+    from unimodal.train.ema import EMA
+    from unimodal.train.engine import TrainEngine
     from unimodal.unified.data import TaskMix, make_batch
     from unimodal.unified.generate import caption, generate_images
-    from unimodal.unified.loss import joint_loss
-    from unimodal.unified.testing import tiny_model, toy_caption, toy_image, toy_pairs
+    from unimodal.unified.loss import JointLoss
+    from unimodal.unified.model import UnifiedModel
     from unimodal.unified.trainable import configure_trainable, param_groups
+    from unimodal.utils.distributed import DistInfo
 
-    model = tiny_model(seed=0).to(args.device).eval()
-    steps = args.num_inference_steps or model.config.num_inference_steps
-    pairs = toy_pairs()
-    images = torch.stack([toy_image(*p) for p in pairs]).to(args.device)
-    captions = [toy_caption(*p) for p in pairs]
+    stage = RECIPE_PRESETS["full"]["pretrain"]
+    if args.tiny:
+        from unimodal.unified.testing import tiny_model
 
-    gen1 = timed(lambda: generate_images(model, captions[0], n=1, num_inference_steps=steps), args.repeats)
-    best8 = timed(lambda: generate_images(model, captions[0], n=8, keep=1, num_inference_steps=steps), args.repeats)
-    cap = timed(lambda: caption(model, images=images[:1], max_new_tokens=16), args.repeats)
+        load, batch_size, fm_repeats, steps = (lambda: tiny_model(seed=0)), 4, 2, 2
+    else:
+        load = lambda: UnifiedModel.from_pretrained(args.model)  # noqa: E731
+        batch_size, fm_repeats, steps = stage["train"]["batch_size"], stage["fm_repeats"], None
+    model = load().to(args.device, getattr(torch, args.dtype))
+    if args.tiny:
+        from unimodal.unified.testing import toy_caption, toy_image, toy_pairs
 
+        pairs = toy_pairs()[:batch_size]
+        pixels, captions = torch.stack([toy_image(*p) for p in pairs]), [toy_caption(*p) for p in pairs]
+    else:
+        world = ShapesDataset(ShapesConfig(image_size=model.config.rae.encoder.image_size), "train",
+                              length=batch_size, caption="mixed")
+        items = [world[i] for i in range(batch_size)]
+        pixels, captions = torch.stack([it["image"] for it in items]), [it["caption"] for it in items]
+    pixels = pixels.to(args.device)
+    prompt = "a red circle to the left of a blue square"
+
+    model.eval()
+    best = timed(lambda: generate_images(model, prompt, n=args.n, keep=1, num_inference_steps=steps), args.repeats)
+    cap = timed(lambda: caption(model, images=pixels[:1], max_new_tokens=16), args.repeats)
+
+    model = load().to(args.device)
     configure_trainable(model, "full")
-    model.train()
-    opt = torch.optim.AdamW(param_groups(model, llm_lr=1e-4, dit_lr=1e-3))
-    latents = model.encode_images(images)
-    rng = random.Random(0)
+    groups = param_groups(model, llm_lr=stage["llm_lr"], dit_lr=stage["dit_lr"])
+    tc = TrainConfig(**{k: v for k, v in stage["train"].items() if k in ("total_steps", "lr", "min_lr", "warmup_steps")},
+                     batch_size=batch_size)
+    engine = TrainEngine(JointLoss(model, shift=model.config.shift, fm_repeats=fm_repeats), tc, groups,
+                         dist=DistInfo(device=torch.device(args.device)))
+    ema = EMA(model, stage["train"]["ema_decay"])
+    mix, rng = TaskMix(**stage["mix"]), random.Random(0)
+    engine.train()
 
-    def step():
-        batch = make_batch(model.chat, captions, TaskMix(), rng).to(args.device)
-        loss = joint_loss(model, batch, latents).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    def train_step():
+        latents = model.encode_images(pixels)
+        out = engine(make_batch(model.chat, captions, mix, rng).to(args.device), latents)
+        engine.backward(out.loss)
+        engine.step()
+        ema.update(model)
 
-    train_ms = timed(step, args.repeats)
-    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0   # Linux reports KiB
+    train = timed(train_step, args.repeats)
     result = {
-        "config": "tiny", "device": args.device, "dit_steps": steps, "threads": torch.get_num_threads(),
-        "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
-        "generate_n1_ms": round(gen1, 1), "best_of_8_ms": round(best8, 1), "caption_16tok_ms": round(cap, 1),
-        "train_step_ms": round(train_ms, 1), "train_batch": len(captions), "peak_rss_mb": round(peak_rss_mb, 1),
+        "unimodal": str(Path(unimodal.__file__).parent), "model": "tiny" if args.tiny else args.model, "device": args.device, "threads": torch.get_num_threads(),
+        "inference_dtype": args.dtype,
+        "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3), "repeats": args.repeats,
+        "train_batch": batch_size, "fm_repeats": fm_repeats, "train_step_ms": round(train * 1e3, 1),
+        "train_images_per_s": round(batch_size / train, 2),
+        "best_of_n": args.n, "best_of_n_ms": round(best * 1e3, 1), "best_of_n_images_per_s": round(args.n / best, 2),
+        "num_inference_steps": steps or model.config.num_inference_steps, "guidance_scale": model.config.guidance_scale,
+        "caption_16tok_ms": round(cap * 1e3, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),  # Linux: KiB
     }
     print(json.dumps(result))
     return result

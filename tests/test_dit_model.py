@@ -132,6 +132,14 @@ def test_fourier_frequencies_are_regenerated_from_seed():
     torch.testing.assert_close(emb(t), emb.mlp(feats[None]))
 
 
+def test_fourier_frequencies_follow_the_build_device():
+    """A model built under `with torch.device(...)` keeps the regenerated W beside its weights (it was
+    pinned to the CPU, so a DiT built on a GPU failed at its first forward)."""
+    with torch.device("meta"):
+        emb = FourierTimestepEmbedder(16)
+    assert emb.W.device == emb.mlp[0].weight.device == torch.device("meta")
+
+
 # ----------------------------------------------------------------------------- conditioning
 
 def test_modulation_is_per_token():

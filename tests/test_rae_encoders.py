@@ -119,3 +119,15 @@ def test_config_errors():
         encoder_preset("nope")
     with pytest.raises(ConfigError, match="not one of"):
         encoder_preset("tiny-siglip2", family="clip")
+
+
+def test_a_bf16_encoder_resizes_images_of_another_size():
+    """Under a DeepSpeed bf16 engine the encoder and its images are bf16; CPU has no bf16 kernel for
+    the antialiased resize, so it must run in float32."""
+    torch.manual_seed(0)
+    enc = FrozenEncoder(encoder_preset("tiny-siglip2"))
+    images = torch.rand(2, 3, 40, 40)
+    want = enc(images)
+    got = enc.to(torch.bfloat16)(images.to(torch.bfloat16))
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want, rtol=0.05, atol=0.05)

@@ -4,15 +4,12 @@ the same global batch, with gradient accumulation, and a ZeRO checkpoint must re
 The test launches this file under torchrun; the `__main__` block is the worker.
 """
 import json
-import os
-import shutil
-import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_torchrun
 
 MICRO, ACCUM, WORLD, STEPS = 2, 2, 2, 3
 
@@ -91,25 +88,6 @@ def worker(out_dir):
     cleanup()
 
 
-def launch(tmp_path):
-    # faulthandler: a worker that dies by a signal prints where each of its threads was
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1",
-           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",
-           __file__, str(tmp_path)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    if proc.returncode != 0 and "Signal 6 (SIGABRT)" in proc.stderr:
-        # Seen twice under load (one CI run, one loaded clean-clone run): a worker aborts in gloo /
-        # DeepSpeed native code with no Python error. One relaunch, reported; a second abort or any
-        # wrong number fails.
-        warnings.warn(f"distributed workers aborted; relaunched once. Tail:\n{proc.stderr[-1500:]}")
-        shutil.rmtree(tmp_path)
-        tmp_path.mkdir()
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads((tmp_path / "result.json").read_text())
-
-
 def reference():
     from unimodal.train.engine import TrainEngine
 
@@ -120,7 +98,7 @@ def reference():
 @pytest.mark.slow
 @pytest.mark.deepspeed
 def test_two_processes_match_single_process_ddp_and_zero2(tmp_path):
-    results, ref = launch(tmp_path), reference()
+    results, ref = run_torchrun(__file__, tmp_path, WORLD, timeout=300), reference()
     for mode in ("ddp", "zero2"):
         got = results[mode]
         assert got["losses"][:STEPS] == pytest.approx([r["loss"] for r in ref], rel=1e-5), mode

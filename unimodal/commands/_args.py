@@ -37,6 +37,17 @@ def positive_float(text: str) -> float:
     return value
 
 
+def fraction(text: str) -> float:
+    """A float in (0, 1] (a share of memory)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
 def text_arg(text: str) -> str:
     """Non-empty UTF-8 text (a prompt or question). Bytes that are not UTF-8 reach Python's argv as
     lone surrogates, which the tokenizer refuses with a TypeError deep inside."""

@@ -13,6 +13,30 @@ def add_model_args(parser) -> None:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
 
 
+def add_backend_args(parser) -> None:
+    """--backend and the vLLM worker's settings (`unimodal.unified.backends`)."""
+    from unimodal.commands._args import fraction
+
+    parser.add_argument("--backend", choices=["torch", "vllm"], default="torch",
+                        help="engine of the LLM's understanding side (captions, judging, conditioning): torch in "
+                             "this process, or vLLM over the exported LLM (see the README's 'vLLM backend')")
+    parser.add_argument("--vllm-python", default=None, metavar="PYTHON",
+                        help="the interpreter that has vLLM (default: $UNIMODAL_VLLM_PYTHON, else this one)")
+    parser.add_argument("--vllm-memory", type=fraction, default=0.1, metavar="F",
+                        help="fraction of GPU memory (on a CPU: of host memory) each vLLM engine reserves (0.1)")
+
+
+def vllm_settings(args):
+    """The `VllmSettings` of the flags; with --backend vllm, checks first that vLLM can be reached,
+    so a missing setup is one line before any model loads."""
+    from unimodal.unified.vllm_backend import VllmSettings, vllm_python
+
+    settings = VllmSettings(python=args.vllm_python, memory=args.vllm_memory)
+    if args.backend == "vllm":
+        vllm_python(settings)
+    return settings
+
+
 def load_model(args):
     import torch
 
@@ -22,7 +46,7 @@ def load_model(args):
     from unimodal.shipped import resolve_model_dir
 
     args.model = str(resolve_model_dir(args.model))
-    return UnifiedModel.from_pretrained(args.model, map_location=device).eval()
+    return UnifiedModel.from_pretrained(args.model, map_location=device, dtype="stored").eval()
 
 
 def slug(text: str, limit: int = 48) -> str:

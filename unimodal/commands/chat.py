@@ -42,7 +42,7 @@ def _load(model_arg: str | None, recorded: str | None, device: str | None):
 
     path = resolve_model_dir(model_arg or recorded)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return path.resolve(), UnifiedModel.from_pretrained(path, map_location=device).eval()
+    return path.resolve(), UnifiedModel.from_pretrained(path, map_location=device, dtype="stored").eval()
 
 
 def run(args) -> int:

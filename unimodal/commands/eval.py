@@ -34,6 +34,10 @@ def _common(p: argparse.ArgumentParser, keep: int = 4, n: int | None = None) -> 
     add_guidance_arg(p, "--cfg-scale")
     p.add_argument("--batch-size", type=int_in(1), default=16, help="candidates per DiT batch")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
+    p.add_argument("--backend", choices=["torch", "vllm"], default="torch",
+                   help="the LLM's conditioning and judging pass: torch, or a vLLM engine (README's 'vLLM backend')")
+    p.add_argument("--vllm-python", default=None, metavar="PYTHON",
+                   help="the interpreter that has vLLM (default: $UNIMODAL_VLLM_PYTHON, else this one)")
     g = p.add_argument_group("sharding (global prompt indices; shards never collide)")
     g.add_argument("--shard", type=int, default=None, help="this shard's number, 0-based")
     g.add_argument("--num-shards", type=int, default=None)
@@ -86,6 +90,10 @@ def add_parser(subparsers) -> None:
 def _options(args):
     from unimodal.evaluation.runners import RunOptions
     from unimodal.shipped import resolve_model_dir
+    from unimodal.unified.vllm_backend import VllmSettings, vllm_python
+
+    if args.backend == "vllm" and not args.check_only:
+        vllm_python(VllmSettings(python=args.vllm_python))  # a missing vLLM is one line before the model loads
 
     n = args.n if args.n is not None else args.keep
     # --check-only generates nothing, so it needs no model.
@@ -95,7 +103,8 @@ def _options(args):
                       batch_size=args.batch_size,
                       device=args.device, shard=args.shard, num_shards=args.num_shards, start=args.start,
                       end=args.end, overwrite=args.overwrite, save_rejected=args.save_rejected,
-                      progress=args.progress, check_only=args.check_only)
+                      progress=args.progress, check_only=args.check_only, backend=args.backend,
+                      vllm_python=args.vllm_python)
 
 
 def _ints(text: str) -> list[int]:

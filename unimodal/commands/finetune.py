@@ -20,6 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--deepspeed", default=None, help="DeepSpeed JSON (configs/deepspeed/zero2.json, zero3.json)")
     p.add_argument("--self-caption", action="store_true",
                    help="caption images that have no caption with the model itself first (run_dir/self_captions.jsonl)")
+    p.add_argument("--backend", choices=["torch", "vllm"], default=None,
+                   help="engine of --self-caption (data.caption_backend; default torch): vllm serves the LLM on "
+                        "vLLM ($UNIMODAL_VLLM_PYTHON, else this Python; see the README's 'vLLM backend')")
     p.add_argument("--export-only", action="store_true",
                    help="no training: rewrite run_dir/export (and adapters) from the newest checkpoint")
     p.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)
@@ -40,7 +43,11 @@ def run(args) -> int:
     from unimodal.finetune import DivergenceError, export_run, finetune, load_finetune_config
 
     cfg = load_finetune_config(args.config, args.overrides, data=args.data, model=args.model, out=args.out,
-                               self_caption=args.self_caption)
+                               self_caption=args.self_caption, caption_backend=args.backend)
+    if cfg.data.self_caption and cfg.data.caption_backend == "vllm" and not args.export_only:
+        from unimodal.unified.vllm_backend import VllmSettings, vllm_python
+
+        vllm_python(VllmSettings())  # a missing vLLM is one line now, not after the data scan
     try:
         if args.export_only:
             run_dir = Path(cfg.train.run_dir)

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from unimodal.commands._args import MAX_CANDIDATES, N_HELP, add_guidance_arg, add_steps_arg, int_in, text_arg
-from unimodal.commands._unified_io import add_model_args, claim, load_model, slug
+from unimodal.commands._unified_io import add_backend_args, add_model_args, claim, load_model, slug, vllm_settings
 
 
 def add_parser(subparsers) -> None:
@@ -21,6 +21,7 @@ def add_parser(subparsers) -> None:
                    help="what to draw: non-empty UTF-8 text of at most as many tokens as the model's LLM "
                         "positions leave beside its longest task conversation (406 for models/shapes)")
     add_model_args(p)
+    add_backend_args(p)
     p.add_argument("--n", type=int_in(1, MAX_CANDIDATES), default=1, help=N_HELP)
     p.add_argument("--keep", type=int_in(1, MAX_CANDIDATES), default=None,
                    help="best candidates kept, 1..n (default: all n)")
@@ -37,16 +38,21 @@ def run(args) -> int:
     from torchvision.utils import save_image
 
     from unimodal.config import UserError
-    from unimodal.unified.generate import generate_images
+    from unimodal.unified.backends import open_reader
+    from unimodal.unified.generate import check_prompts, generate_images
 
     if args.keep is not None and args.keep > args.n:
         raise UserError(f"--keep {args.keep} is more than --n {args.n}; keep at most the candidates drawn")
     if args.judge == "none" and args.keep not in (None, args.n):
         raise UserError("--keep below --n needs a judge to choose by; drop --judge none")
+    settings = vllm_settings(args)
     model = load_model(args)
+    check_prompts(model, args.prompts)  # before a vLLM engine starts for them
     judge = None if args.judge == "none" else args.judge
-    result = generate_images(model, args.prompts, n=args.n, keep=args.keep, judge=judge, seed=args.seed,
-                             num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale)
+    with open_reader(model, args.backend, settings) as reader:
+        result = generate_images(model, args.prompts, n=args.n, keep=args.keep, judge=judge, seed=args.seed,
+                                 num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
+                                 reader=reader)
     out = Path(args.out)
     for prompt, cands in zip(result.prompts, result.candidates):
         stem = f"{slug(prompt)}-seed{args.seed}"
@@ -64,6 +70,7 @@ def run(args) -> int:
         manifest.write_text(json.dumps({"prompt": prompt, "run_seed": args.seed, "n": args.n, "judge": judge,
                                         "num_inference_steps": args.num_inference_steps,
                                         "guidance_scale": args.guidance_scale, "model": str(args.model),
+                                        "backend": args.backend,
                                         "candidates": rows}, indent=2) + "\n")
         print(manifest)
     return 0

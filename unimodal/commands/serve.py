@@ -41,7 +41,7 @@ def run(args) -> int:
     limits = ServeLimits.from_dict(apply_overrides({}, args.limit))
     path = resolve_model_dir(args.model)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = UnifiedModel.from_pretrained(path, map_location=device).eval()
+    model = UnifiedModel.from_pretrained(path, map_location=device, dtype="stored").eval()
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {args.host}: anyone who can reach this address can use the model", file=sys.stderr)
 

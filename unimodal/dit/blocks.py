@@ -28,8 +28,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+        # torch's kernel keeps only x and 1/rms for backward, not the squares and their mean.
+        return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).type_as(x) * self.weight
 
 
 class SwiGLU(nn.Module):
@@ -64,25 +64,25 @@ def rope_2d_tables(grid: int, head_dim: int, theta: float = 10000.0) -> tuple[to
     return full.cos().float(), full.sin().float()
 
 
-def rotate_pairs(x: torch.Tensor) -> torch.Tensor:
-    """(x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...): rotation by 90 degrees within each interleaved pair."""
-    pairs = x.unflatten(-1, (-1, 2))
-    return torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
-
-
 class Rope2D(nn.Module):
-    """Applies 2D RoPE to q or k [B, H, N, head_dim]. The tables are derived from the config, so they
-    are non-persistent buffers (the official `feat_rope.freqs_{cos,sin}` are dropped on conversion)."""
+    """Applies 2D RoPE to q or k [..., N, head_dim] (or both at once, stacked in front).
+
+    Each interleaved pair (2k, 2k+1) is one complex number rotated by its angle, so the rotation is
+    a single complex multiply instead of cos/sin products and a pair shuffle (about 20x fewer memory
+    passes on a CPU; the same numbers). The tables are derived from the config, so they are a
+    non-persistent buffer (the official `feat_rope.freqs_{cos,sin}` are dropped on conversion); they
+    hold (cos, sin) of each pair [N, head_dim/2, 2] as reals, which survive `module.to(dtype)`.
+    """
 
     def __init__(self, grid: int, head_dim: int, theta: float):
         super().__init__()
         cos, sin = rope_2d_tables(grid, head_dim, theta)
-        self.register_buffer("freqs_cos", cos, persistent=False)
-        self.register_buffer("freqs_sin", sin, persistent=False)
+        self.register_buffer("freqs", torch.stack([cos[:, ::2], sin[:, ::2]], dim=-1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        return (xf * self.freqs_cos + rotate_pairs(xf) * self.freqs_sin).type_as(x)
+        pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))    # [..., N, hd/2]
+        rot = torch.view_as_complex(self.freqs.float())                    # [N, hd/2]
+        return torch.view_as_real(pairs * rot).flatten(-2).type_as(x)
 
 
 def sincos_2d_pos_embed(dim: int, grid: int, cls_token: bool = False) -> torch.Tensor:
@@ -122,7 +122,10 @@ class FourierTimestepEmbedder(nn.Module):
     def __init__(self, dim: int, size: int = FOURIER_SIZE, seed: int = FOURIER_SEED, persistent: bool = False):
         super().__init__()
         gen = torch.Generator(device="cpu").manual_seed(seed)
-        self.register_buffer("W", torch.normal(0.0, 1.0, (size,), generator=gen, device="cpu"), persistent=persistent)
+        # Drawn by a CPU generator (the same numbers on every machine), then placed where the rest of
+        # the module is being built (`with torch.device("cuda")`), as any other buffer would be.
+        W = torch.normal(0.0, 1.0, (size,), generator=gen, device="cpu").to(torch.get_default_device())
+        self.register_buffer("W", W, persistent=persistent)
         self.mlp = nn.Sequential(nn.Linear(2 * size, dim), nn.SiLU(), nn.Linear(dim, dim))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
@@ -168,7 +171,8 @@ class TokenConditionEmbedder(nn.Module):
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x * (1 + scale) + shift
+    """x (1 + scale) + shift, in one fused multiply-add."""
+    return torch.addcmul(shift, x, 1 + scale)
 
 
 def as_tokens(c: torch.Tensor) -> torch.Tensor:
@@ -193,14 +197,18 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, rope: Rope2D) -> torch.Tensor:
         B, N, D = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)                                  # each [B, H, N, hd]
-        out = F.scaled_dot_product_attention(rope(q), rope(k), v)  # [B, H, N, hd]
+        q, k = rope(qkv[:2]).unbind(0)                           # each [B, H, N, hd]; one rotation for both
+        out = F.scaled_dot_product_attention(q, k, qkv[2])       # [B, H, N, hd]
         return self.proj(out.transpose(1, 2).reshape(B, N, D))
 
 
 class DiTBlock(nn.Module):
     """Pre-norm block with adaLN-Zero (DiT section 3.2): the gates start at zero, so a fresh block is
-    the identity. Chunk order shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp."""
+    the identity. Chunk order shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp.
+
+    `adaLN_modulation` is (SiLU, Linear) as in the official weights, but the model applies the SiLU
+    once to the shared conditioning and the blocks take it activated (`c_act`): every block of a
+    stack reads the same c, and for DiT^DH's per-token c that SiLU is a full [B, N, D] pass each."""
 
     def __init__(self, dim: int, num_heads: int, cond_dim: int, mlp_hidden: int):
         super().__init__()
@@ -210,19 +218,19 @@ class DiTBlock(nn.Module):
         self.mlp = SwiGLU(dim, mlp_hidden)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, 6 * dim))
 
-    def modulation(self, c: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Six [B, 1 or N, D] tensors from c [B, Dc] or [B, N, Dc]; token i's uses only c_i."""
-        return self.adaLN_modulation(as_tokens(c)).chunk(6, dim=-1)
+    def modulation(self, c_act: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Six [B, 1 or N, D] tensors from silu(c) [B, Dc] or [B, N, Dc]; token i's uses only c_i."""
+        return self.adaLN_modulation[1](as_tokens(c_act)).chunk(6, dim=-1)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, rope: Rope2D) -> torch.Tensor:
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(c)
-        x = x + gate_msa * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), rope)
-        x = x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
-        return x                                                  # [B, N, D]
+    def forward(self, x: torch.Tensor, c_act: torch.Tensor, rope: Rope2D) -> torch.Tensor:
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(c_act)
+        x = torch.addcmul(x, gate_msa, self.attn(modulate(self.norm1(x), shift_msa, scale_msa), rope))
+        return torch.addcmul(x, gate_mlp, self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))  # [B, N, D]
 
 
 class FinalLayer(nn.Module):
-    """RMSNorm, adaLN shift/scale (no gate), Linear(D -> C). Zero-initialised by the model."""
+    """RMSNorm, adaLN shift/scale (no gate), Linear(D -> C). Zero-initialised by the model. Takes the
+    activated conditioning like DiTBlock."""
 
     def __init__(self, dim: int, out_channels: int, cond_dim: int):
         super().__init__()
@@ -230,6 +238,6 @@ class FinalLayer(nn.Module):
         self.linear = nn.Linear(dim, out_channels)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, 2 * dim))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.adaLN_modulation(as_tokens(c)).chunk(2, dim=-1)
+    def forward(self, x: torch.Tensor, c_act: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation[1](as_tokens(c_act)).chunk(2, dim=-1)
         return self.linear(modulate(self.norm_final(x), shift, scale))  # [B, N, C]

@@ -138,16 +138,18 @@ class DiT(nn.Module):
         t_emb = self.t_embedder(t)                                           # [B, Dc]
         c = self.embed_condition(t_emb, cond, drop)                         # [B, Dc] or [B, N, Dc]
         h = self.x_embedder(x) + self.pos_embed.to(x.dtype)                  # [B, N, D]
+        c_act = F.silu(c)                                                    # the blocks' adaLN input, once
         for block in self.blocks:
-            h = block(h, c, self.feat_rope)
+            h = block(h, c_act, self.feat_rope)
         if not cfg.is_dh:
-            return self.final_layer(h, c)                                    # [B, N, C]
+            return self.final_layer(h, c_act)                                # [B, N, C]
         # DiT^DH (RAE section 5): s = silu(body + t_emb) conditions each head token separately.
         s = self.s_projector(F.silu(h + t_emb[:, None, :].to(h.dtype)))     # [B, N, D_dec]
+        s_act = F.silu(s)
         z = self.s_embedder(x)                                               # [B, N, D_dec]
         for block in self.head_blocks:
-            z = block(z, s, self.head_rope)
-        return self.final_layer(z, s)                                        # [B, N, C]
+            z = block(z, s_act, self.head_rope)
+        return self.final_layer(z, s_act)                                    # [B, N, C]
 
     # ------------------------------------------------------------------ save / load
 

@@ -55,10 +55,20 @@ class UnifiedGenerator:
     """`ImageGenerator` over a `UnifiedModel` and `unimodal.unified.generate.generate_images`."""
 
     def __init__(self, model, *, judge: str | None = "yes_prob", num_inference_steps: int | None = None,
-                 guidance_scale: float | None = None, batch_size: int = 16, model_path: str | None = None):
+                 guidance_scale: float | None = None, batch_size: int = 16, model_path: str | None = None,
+                 backend: str = "torch", vllm_python: str | None = None):
+        """`backend` "vllm" runs the LLM's conditioning and judging on a vLLM engine (started here,
+        stopped by `close`); the DiT and the decoder stay on the model's device."""
+        import contextlib
+
+        from unimodal.unified.backends import open_reader
+        from unimodal.unified.vllm_backend import VllmSettings
+
         if judge is not None and judge not in JUDGES:
             raise ValueError(f"judge must be one of {list(JUDGES)} or None, got {judge!r}")
         self.model = model.eval()
+        self._stack = contextlib.ExitStack()
+        self.reader = self._stack.enter_context(open_reader(self.model, backend, VllmSettings(python=vllm_python)))
         self.judge = judge
         self.num_inference_steps = num_inference_steps
         self.guidance_scale = guidance_scale
@@ -69,16 +79,23 @@ class UnifiedGenerator:
     def from_pretrained(cls, path: str | Path, device: str = "cpu", **kwargs) -> "UnifiedGenerator":
         from unimodal.unified.model import UnifiedModel
 
-        model = UnifiedModel.from_pretrained(path, map_location=device)
+        model = UnifiedModel.from_pretrained(path, map_location=device, dtype="stored")
         return cls(model, model_path=str(Path(path).resolve()), **kwargs)
+
+    def close(self) -> None:
+        self._stack.close()
 
     def describe(self) -> dict[str, Any]:
         config = self.model.config
-        return {"model_path": self.model_path, "judge": self.judge,
-                "num_inference_steps": config.num_inference_steps if self.num_inference_steps is None
-                else self.num_inference_steps,
-                "guidance_scale": config.guidance_scale if self.guidance_scale is None else self.guidance_scale,
-                "shift": config.shift}
+        described = {"model_path": self.model_path, "judge": self.judge,
+                     "num_inference_steps": config.num_inference_steps if self.num_inference_steps is None
+                     else self.num_inference_steps,
+                     "guidance_scale": config.guidance_scale if self.guidance_scale is None else self.guidance_scale,
+                     "shift": config.shift}
+        # Only a vLLM run names its backend, so runs written before backends existed still resume.
+        if self.reader.backend != "torch":
+            described["backend"] = self.reader.backend
+        return described
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], prompt_seeds: Sequence[int], *, n: int, keep: int,
@@ -95,7 +112,7 @@ class UnifiedGenerator:
         for prompt, seed in zip(prompts, prompt_seeds):
             res = generate_images(self.model, prompt, n=n, keep=keep, judge=judge, seed=int(seed),
                                   num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale,
-                                  batch_size=self.batch_size)
+                                  batch_size=self.batch_size, reader=self.reader)
             cands = res.candidates[0]
             rejected = [c for c in cands if not c.kept]
             if decode_rejected and rejected:

@@ -47,8 +47,12 @@ class RunOptions(Config):
     save_rejected: bool = True
     progress: bool = True
     check_only: bool = False          # no generation: count check (and scoring where local)
+    backend: str = "torch"            # the LLM's conditioning and judging pass: torch or vllm (unified/backends.py)
+    vllm_python: str | None = None    # the interpreter with vLLM (None: $UNIMODAL_VLLM_PYTHON, else this one)
 
     def __post_init__(self):
+        if self.backend not in ("torch", "vllm"):
+            raise ConfigError(f"backend must be 'torch' or 'vllm', got {self.backend!r}")
         if self.judge not in JUDGES:
             raise ConfigError(f"judge must be one of {list(JUDGES)}, got {self.judge!r}")
         if not 1 <= self.keep <= self.n:
@@ -79,7 +83,8 @@ def load_generator(opts: RunOptions, judge: str | None) -> ImageGenerator:
     device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
     return UnifiedGenerator.from_pretrained(opts.model, device=device, judge=judge,
                                             num_inference_steps=opts.num_inference_steps,
-                                            guidance_scale=opts.guidance_scale, batch_size=opts.batch_size)
+                                            guidance_scale=opts.guidance_scale, batch_size=opts.batch_size,
+                                            backend=opts.backend, vllm_python=opts.vllm_python)
 
 
 def run_file(meta_dir: Path, rng: range, total: int, name: str = "summary", suffix: str = ".json") -> Path:
@@ -105,16 +110,21 @@ def generate_benchmark(benchmark: str, items: list[PromptItem], layout: Layout, 
             raise FileNotFoundError(f"{settings_path} not found: nothing was generated in {opts.out}")
         summary["generation"] = json.loads(settings_path.read_text())
     else:
-        if generator is None:
+        owned = generator is None
+        if owned:
             generator = load_generator(opts, judge)
-        settings = {"benchmark": benchmark, "source_sha256": source_sha256, "seed": opts.seed, "n": opts.n,
-                    "keep": opts.keep, "judge": judge, **(extra_settings or {}), "generator": generator.describe()}
-        check_settings(settings_path, settings)
-        summary["generation"] = settings
-        summary["run"] = run_generation(selected, layout, generator, seed=opts.seed, n=opts.n, keep=opts.keep,
-                                        judge=judge, prompts_per_call=max(1, opts.batch_size // opts.n),
-                                        decode_rejected=layout.save_rejected, overwrite=opts.overwrite,
-                                        progress=opts.progress).to_dict()
+        try:
+            settings = {"benchmark": benchmark, "source_sha256": source_sha256, "seed": opts.seed, "n": opts.n,
+                        "keep": opts.keep, "judge": judge, **(extra_settings or {}), "generator": generator.describe()}
+            check_settings(settings_path, settings)
+            summary["generation"] = settings
+            summary["run"] = run_generation(selected, layout, generator, seed=opts.seed, n=opts.n, keep=opts.keep,
+                                            judge=judge, prompts_per_call=max(1, opts.batch_size // opts.n),
+                                            decode_rejected=layout.save_rejected, overwrite=opts.overwrite,
+                                            progress=opts.progress).to_dict()
+        finally:
+            if owned:
+                generator.close()  # a vLLM backend's worker process
     shard_done = all(is_finished(layout, it) for it in selected)
     counts = count_check(layout, items)
     counts["shard_complete"] = shard_done

@@ -31,6 +31,7 @@ class FinetuneDataConfig(DataConfig):
     caption_question: str | None = None     # None: "Describe this image."
     caption_max_tokens: int = 48
     caption_batch_size: int = 16
+    caption_backend: Literal["torch", "vllm"] = "torch"  # vllm: a vLLM engine ($UNIMODAL_VLLM_PYTHON, README)
     val_fraction: float = 0.05
     val_max: int = 256
     # Captions are cut to this many tokens (and counted in data_report.json). 0: as many as the
@@ -102,7 +103,7 @@ def model_image_size(model_dir: str | Path) -> int:
 
 def load_finetune_config(config_path: str | Path | None, overrides: list[str] = (), *, data: str | None = None,
                          model: str | None = None, out: str | None = None,
-                         self_caption: bool | None = None) -> FinetuneConfig:
+                         self_caption: bool | None = None, caption_backend: str | None = None) -> FinetuneConfig:
     """Build the config in the order the module docstring gives; every layer is checked."""
     raw: dict[str, Any] = {}
     if config_path is not None:
@@ -116,6 +117,8 @@ def load_finetune_config(config_path: str | Path | None, overrides: list[str] = 
         raw.setdefault("train", {})["run_dir"] = str(out)
     if self_caption:
         raw.setdefault("data", {})["self_caption"] = True
+    if caption_backend is not None:
+        raw.setdefault("data", {})["caption_backend"] = caption_backend
     raw = apply_overrides(raw, list(overrides), schema=FinetuneConfig)
     section = raw.get("data") or {}
     if "image_size" not in section and raw.get("init_from"):

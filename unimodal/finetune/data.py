@@ -95,7 +95,8 @@ def _prepare(cfg: FinetuneConfig, spec: str, run_dir: Path, dist: DistInfo, log:
             folder = run_dir if role == "train" else run_dir / "val"
             captions = self_caption(cfg.init_from, source, todo, folder, image_size=d.image_size,
                                     question=d.caption_question, max_new_tokens=d.caption_max_tokens,
-                                    batch_size=d.caption_batch_size, device=dist.device, log=log)
+                                    batch_size=d.caption_batch_size, device=dist.device, log=log,
+                                    backend=d.caption_backend)
             source = CaptionOverlay(source, captions)
             info["self_captioned"] = {"images": len(todo), "file": str(folder / CAPTIONS_FILE)}
     report = _scan(source, n, d, log, require_captions=True, cut=cut)

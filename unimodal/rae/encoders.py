@@ -181,7 +181,10 @@ class FrozenEncoder(nn.Module):
             raise ValueError(f"expected images [B, 3, H, W], got shape {tuple(images.shape)}")
         size = self.config.image_size
         if images.shape[-2:] != (size, size):
-            images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            # In float32: CPU has no bf16 kernel for antialiased resizing, and a bf16 encoder (a
+            # DeepSpeed bf16 engine) is handed bf16 images.
+            images = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True,
+                                   align_corners=False).to(images.dtype)
         return (images - self.pixel_mean) / self.pixel_std
 
     def hidden_states(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:

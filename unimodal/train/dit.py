@@ -33,7 +33,7 @@ from unimodal.rae.autoencoder import RAE
 from unimodal.train.checkpoint import resume_run, save_checkpoint
 from unimodal.train.config import TrainConfig
 from unimodal.utils.distributed import all_reduce_mean, cleanup
-from unimodal.train.ema import EMA
+from unimodal.train.ema import EMA, gathered
 from unimodal.train.engine import TrainEngine
 from unimodal.train.logging import Throughput, check_finite
 from unimodal.train.loop import derive_seed, infinite_loader
@@ -208,8 +208,11 @@ def train(config_path: str | None, overrides: list[str] = (), deepspeed_config: 
     bar.close()
 
     export = Path(tc.run_dir) / "export"
+    # On every rank: gathering ZeRO-3 partitioned weights is a collective.
+    with gathered(list(engine.module.parameters()), modify=False):
+        if dist.is_main:
+            export_dit(engine.module, ema, export)
     if dist.is_main:
-        export_dit(engine.module, ema, export)
         logger.info(f"exported the {'EMA ' if ema is not None else ''}DiT to {export} (DiT.from_pretrained)")
     logger.close()
     engine.close()

@@ -17,8 +17,9 @@ import torch
 from unimodal.utils.weights import check_state_dict, rename_legacy_keys
 
 
-def _gathered(params: list[torch.nn.Parameter], modify: bool):
-    """ZeRO-3 partitioned parameters are gathered (and re-partitioned on exit); others untouched."""
+def gathered(params: list[torch.nn.Parameter], modify: bool):
+    """ZeRO-3 partitioned parameters are gathered (and re-partitioned on exit); others untouched.
+    A collective: every rank must enter it. With `modify`, rank 0's values are kept on exit."""
     if any(hasattr(p, "ds_id") for p in params):
         import deepspeed  # only reachable when DeepSpeed already partitioned the module
 
@@ -39,7 +40,7 @@ class EMA:
         self.decay = float(decay)
         self.num_updates = 0
         params = self._params(module)
-        with _gathered(list(params.values()), modify=False), torch.no_grad():
+        with gathered(list(params.values()), modify=False), torch.no_grad():
             self.shadow = {k: p.detach().to(torch.float32).clone() for k, p in params.items()}
 
     @staticmethod
@@ -59,7 +60,7 @@ class EMA:
     def update(self, module: torch.nn.Module) -> None:
         params = self._params(module)
         self._check_same(params)
-        with _gathered(list(params.values()), modify=False):
+        with gathered(list(params.values()), modify=False):
             for k, p in params.items():
                 s = self.shadow[k]
                 s.lerp_(p.detach().to(device=s.device, dtype=torch.float32), 1.0 - self.decay)
@@ -70,7 +71,7 @@ class EMA:
         """Overwrite the module's trainable parameters with the EMA weights (in place)."""
         params = self._params(module)
         self._check_same(params)
-        with _gathered(list(params.values()), modify=True):
+        with gathered(list(params.values()), modify=True):
             for k, p in params.items():
                 p.copy_(self.shadow[k].to(device=p.device, dtype=p.dtype))
 
@@ -79,20 +80,21 @@ class EMA:
         """Run evaluation with EMA weights inside the block; the live weights come back on exit."""
         params = self._params(module)
         self._check_same(params)
-        with _gathered(list(params.values()), modify=False), torch.no_grad():
+        with gathered(list(params.values()), modify=False), torch.no_grad():
             live = {k: p.detach().clone() for k, p in params.items()}
         self.copy_to(module)
         try:
             yield module
         finally:
-            with _gathered(list(params.values()), modify=True), torch.no_grad():
+            with gathered(list(params.values()), modify=True), torch.no_grad():
                 for k, p in params.items():
                     p.copy_(live[k])
 
     def export_state_dict(self, module: torch.nn.Module) -> dict[str, torch.Tensor]:
         """`module.state_dict()` with EMA values for the tracked parameters: for save_pretrained_dir.
 
-        Not for ZeRO-3 partitioned modules (their state_dict holds empty placeholders).
+        A ZeRO-3 partitioned module must be inside `gathered` (its state_dict otherwise holds empty
+        placeholders).
         """
         out = {k: v.detach().cpu() for k, v in module.state_dict().items()}
         for k, v in self.shadow.items():

@@ -28,7 +28,7 @@ from unimodal.data.dataset import DataConfig, build_image_dataset
 from unimodal.train.checkpoint import resume_run, save_checkpoint
 from unimodal.train.config import TrainConfig
 from unimodal.utils.distributed import all_reduce_mean, cleanup
-from unimodal.train.ema import EMA
+from unimodal.train.ema import EMA, gathered
 from unimodal.train.engine import TrainEngine
 from unimodal.train.logging import RunLogger, Throughput, check_finite
 from unimodal.train.loop import derive_seed, infinite_loader
@@ -231,9 +231,11 @@ def run_stage(cfg: UnifiedStageConfig, deepspeed_config: str | None, stage: str,
     bar.close()
 
     export = Path(tc.run_dir) / "export"
-    if dist.is_main:
-        with ema.swapped(model) if ema is not None else torch.no_grad():
+    # On every rank: under ZeRO-3 the EMA swap and gathering the partitioned weights are collectives.
+    with ema.swapped(model) if ema is not None else torch.no_grad(), gathered(list(model.parameters()), modify=False):
+        if dist.is_main:
             model.save_pretrained(export)
+    if dist.is_main:
         logger.info(f"exported the {'EMA ' if ema is not None else ''}model to {export} (UnifiedModel.from_pretrained)")
     logger.close()
     engine.close()

@@ -11,11 +11,16 @@ import dataclasses
 from typing import Any, Literal
 
 from unimodal.config import Config, ConfigError
-from unimodal.dit.config import DiTConfig
+from unimodal.dit.config import DiTConfig, dit_config
 from unimodal.rae.autoencoder import RAEConfig
 from unimodal.rae.decoder import decoder_preset
 from unimodal.rae.encoders import encoder_preset
 
+# Qwen2.5-1.5B(-Instruct)'s architecture (its config.json), for building the released size without
+# its checkpoint (benchmarks, smoke runs); the weights then come from a converted directory.
+QWEN25_1_5B = dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                   num_key_value_heads=2, max_position_embeddings=32768, vocab_size=151936,
+                   tie_word_embeddings=True, rms_norm_eps=1e-6, rope_theta=1000000.0, hidden_act="silu")
 # A Qwen2 small enough for CPU tests; vocab_size is raised to the tokenizer's length when built.
 TINY_QWEN2 = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=1024, vocab_size=512,
@@ -87,3 +92,16 @@ def tiny_unified_config(**changes: Any) -> UnifiedConfig:
     dit = DiTConfig(in_channels=enc.channels, num_tokens=enc.num_tokens, hidden_size=64, depth=2, num_heads=4,
                     cond_mode="tokens", cond_dim=64)
     return UnifiedConfig.from_dict({**dict(llm=dict(TINY_QWEN2), init_llm_from=None, rae=rae, dit=dit, num_inference_steps=8), **changes})
+
+
+def scale_rae_1_5b_config(**changes: Any) -> UnifiedConfig:
+    """The released Scale-RAE-Qwen1.5B_DiT2.4B architecture with nothing to load: Qwen2.5-1.5B,
+    SigLIP-2 So400m/14 at 224 px (27 layers, 256 tokens x 1152), the ViT-XL decoder (patch 14 ->
+    224 px) and the 2.4B DiT (hidden 2048, depth 32, heads 32, conditioning width 2048); the sizes
+    of configs/unified_qwen1.5b_siglip2.yaml and of `unimodal convert scale-rae`."""
+    enc = encoder_preset("siglip2-so400m-p14-224", pretrained=None, num_hidden_layers=27, num_attention_heads=16,
+                         intermediate_size=4304)
+    rae = RAEConfig(encoder=enc, decoder=decoder_preset("ViT-XL", in_channels=enc.channels, grid_size=enc.grid_size,
+                                                        patch_size=enc.patch_size))
+    return UnifiedConfig.from_dict({**dict(llm=dict(QWEN25_1_5B), init_llm_from=None, rae=rae,
+                                           dit=dit_config("ScaleRAE-2.4B")), **changes})

@@ -101,13 +101,21 @@ def sample_latents(model, cond: torch.Tensor, seeds: Sequence[int], *, num_infer
         guidance_scale=config.guidance_scale if guidance_scale is None else guidance_scale)
     if cond.shape[0] != len(seeds):
         raise ValueError(f"{cond.shape[0]} conditions but {len(seeds)} seeds")
-    was_training = model.dit.training
-    model.dit.eval()
+    dit = model.dit
+    dtype = next(dit.parameters()).dtype
+
+    def velocity(x: torch.Tensor, t: torch.Tensor, c: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
+        # The ODE state stays fp32 across steps (bf16 would round it at every step); a bf16 DiT
+        # (a `--dtype bfloat16` conversion) takes its inputs in its own dtype.
+        return dit(x.to(dtype), t, c.to(dtype), drop=drop).float()
+
+    was_training = dit.training
+    dit.eval()
     try:
         chunks = []
         for i in range(0, len(seeds), batch_size):
             noise = noise_from_seeds(seeds[i:i + batch_size], config.num_latent_tokens, config.latent_dim, model.device)
-            chunks.append(sample(model.dit, noise, cond[i:i + batch_size].float(), sampler))
+            chunks.append(sample(velocity, noise, cond[i:i + batch_size].float(), sampler))
     finally:
-        model.dit.train(was_training)
+        dit.train(was_training)
     return torch.cat(chunks)

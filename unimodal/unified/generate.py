@@ -118,9 +118,13 @@ def prompt_likelihood(model, latents: torch.Tensor, prompts: Sequence[str],
     hidden = model(batch, latents.to(model.device)).hidden
     targets = batch.labels[:, 1:]
     sel = (targets != IGNORE) & (targets != chat.im_end)                       # the prompt tokens only
-    logp = torch.log_softmax(model.logits(hidden[:, :-1]).float(), -1)
-    tok = logp.gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1) * sel
-    return (tok.sum(1) / sel.sum(1).clamp(min=1)).cpu()
+    # The LM head on those rows only: over every position, [B, L, V] fp32 log-probs at Qwen's
+    # 151,936 words were ~7 GB for a batch of 16 with its 256 image tokens.
+    logp = torch.log_softmax(model.logits(hidden[:, :-1][sel]).float(), -1)   # [T, V]
+    tok = logp.gather(-1, targets[sel][:, None]).squeeze(-1)                   # [T]
+    rows = sel.nonzero()[:, 0]
+    total = torch.zeros(sel.shape[0], device=tok.device).index_add_(0, rows, tok)
+    return (total / sel.sum(1).clamp(min=1)).cpu()
 
 
 def verify(model, latents: torch.Tensor, prompts: Sequence[str], batch_size: int = 16) -> VerifyOutput:
@@ -136,9 +140,12 @@ def verify(model, latents: torch.Tensor, prompts: Sequence[str], batch_size: int
 @torch.no_grad()
 def generate_images(model, prompts: Sequence[str] | str, *, n: int = 1, keep: int | None = None,
                     judge: Judge | None = "yes_prob", seed: int = 0, num_inference_steps: int | None = None,
-                    guidance_scale: float | None = None, decode: bool = True, batch_size: int = 16) -> GenerateOutput:
+                    guidance_scale: float | None = None, decode: bool = True, batch_size: int = 16,
+                    reader=None) -> GenerateOutput:
     """`n` candidates per prompt, scored by both judges when `judge` is set, the best `keep`
-    (default all) decoded to images. The LLM runs once per prompt; only the DiT noise differs."""
+    (default all) decoded to images. The LLM runs once per prompt; only the DiT noise differs.
+    `reader` (`unified.backends.open_reader`) runs the LLM's conditioning and judging pass
+    elsewhere, on vLLM; None runs them here."""
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     keep = n if keep is None else keep
     if n < 1 or not 1 <= keep <= n:
@@ -151,7 +158,8 @@ def generate_images(model, prompts: Sequence[str] | str, *, n: int = 1, keep: in
     model.eval()
     conds, p_start = [], []
     for i in range(0, len(prompts), batch_size):
-        c, p = query_condition(model, prompts[i:i + batch_size])
+        chunk = prompts[i:i + batch_size]
+        c, p = query_condition(model, chunk) if reader is None else reader.query_condition(chunk)
         conds.append(c)
         p_start.append(p.cpu())
     cond = torch.cat(conds).repeat_interleave(n, dim=0)                        # [P * n, N, Dc]
@@ -159,7 +167,10 @@ def generate_images(model, prompts: Sequence[str] | str, *, n: int = 1, keep: in
     seeds = [sample_seed(seed, p, k) for p in prompts for k in range(n)]
     latents = sample_latents(model, cond, seeds, num_inference_steps=num_inference_steps,
                              guidance_scale=guidance_scale, batch_size=batch_size)
-    scores = verify(model, latents, flat_prompts, batch_size) if judge is not None else None
+    scores = None
+    if judge is not None:
+        scores = (verify(model, latents, flat_prompts, batch_size) if reader is None
+                  else reader.verify(latents, flat_prompts, batch_size))
 
     out: list[list[Candidate]] = []
     for pi, prompt in enumerate(prompts):

@@ -51,13 +51,16 @@ def check_state_dict(expected: Mapping[str, torch.Tensor], given: Mapping[str, t
         raise WeightLoadError(f"{source}: " + "; ".join(problems))
 
 
-def load_state_dict_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "weights") -> None:
+def load_state_dict_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "weights",
+                           assign: bool = False) -> None:
     """`module.load_state_dict(strict=True)` with an error that names every offending key; files
-    saved under the earlier key names load through `rename_legacy_keys`."""
+    saved under the earlier key names load through `rename_legacy_keys`. `assign=True` makes the
+    given tensors the module's (their dtype included) instead of copying into it: what a module
+    built with meta parameters needs."""
     expected = module.state_dict()
     state_dict = rename_legacy_keys(expected, state_dict, source)
     check_state_dict(expected, state_dict, source)
-    module.load_state_dict(state_dict, strict=True)
+    module.load_state_dict(state_dict, strict=True, assign=assign)
 
 
 # The earlier key names, from when the modules copied the reference checkpoints' layouts: the RAE
