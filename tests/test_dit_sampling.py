@@ -143,3 +143,22 @@ def test_real_model_cfg_and_reproducibility():
     b = sample(model, noise_from_seeds([0, 1], 16, 32), labels, guided)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert not torch.allclose(a, sample(model, noise_from_seeds([0, 1], 16, 32), labels, plain.replace(method="heun")))
+
+
+def test_start_below_one_runs_only_the_steps_below_it():
+    """SDEdit: from x(start) the sampler visits start, then the grid's times below it; the exact
+    velocity of a point mass x* ((x - x*) / t) lands on x* from there in any number of steps."""
+    target = torch.randn(2, 4, 3)
+    seen = []
+
+    def point_mass(x, t, cond, drop=None):
+        seen.append(t[0].item())
+        return (x - target) / t[:, None, None]
+
+    sampler = SamplerConfig(num_inference_steps=10, shift=3.0)
+    x0 = sample(point_mass, 0.6 * target + 0.4 * torch.randn(2, 4, 3), None, sampler, start=0.4)
+    below = [t for t in sampling_times(10, 3.0).tolist() if t < 0.4][:-1]
+    assert seen == pytest.approx([0.4] + below)
+    assert torch.allclose(x0, target, atol=1e-5)
+    with pytest.raises(ValueError, match="start"):
+        sample(point_mass, target, None, sampler, start=0.0)

@@ -46,6 +46,7 @@ def test_tiny_run_reports_curves_per_codec_and_the_ceilings(tmp_path, capsys):
     # the lossless control reconstructs exactly: its ceiling is the detector's accuracy on the renders
     assert report["codecs"]["pixel"]["psnr"] > 60
     assert "reconstruction_accuracy" in report["codecs"]["tower"]
+    assert set(report["codecs"]["pixel"]["reconstruction_accuracy_by_shape"]) == set(report["world"]["shapes"])
     grids = sorted(p.name for p in (tmp_path / "grids").glob("*.png"))
     assert grids == sorted(f"{c}_shift{s}_step_{n}.png" for c in ("tower", "pixel") for s in (1, 3) for n in (2, 4))
     with pytest.raises(SystemExit):
@@ -65,9 +66,14 @@ def test_world_and_head_choices(tmp_path, capsys):
     report = script.main(["--model", str(model_dir), "--codecs", "pixel", "--heads", "none", "dh", "--steps", "2",
                           "--checkpoints", "1", "--depth", "1", "--width", "192", "--train-images", "30",
                           "--object-size", "0.35", "0.45", "--shapes", "circle", "square", "triangle",
-                          "--out", str(tmp_path / "grids")])
+                          "--snap", "0", "--from-real", "0.3", "1", "--out", str(tmp_path / "grids")])
     assert report["world"]["shapes"] == ["circle", "square", "triangle"] and report["shape_chance"] == 1 / 3
-    assert (report["world"]["min_size"], report["world"]["max_size"]) == (0.35, 0.45)
+    assert (report["world"]["min_size"], report["world"]["max_size"], report["world"]["snap"]) == (0.35, 0.45, 0)
     assert [r["head"] for r in report["runs"]] == ["none", "dh"]
-    assert sorted(p.name for p in (tmp_path / "grids").glob("*.png")) == ["pixel_shift3_dh_step_2.png",
-                                                                          "pixel_shift3_step_2.png"]
+    for run in report["runs"]:
+        assert set(run["curve"][0]["from_real"]) == {"0.3", "1"}
+        assert all(0.0 <= a <= 1.0 for a in run["curve"][0]["from_real"].values())
+    assert sorted(p.name for p in (tmp_path / "grids").glob("*.png")) == sorted(
+        f"pixel_shift3{h}_step_2{f}.png" for h in ("", "_dh") for f in ("", "_from_0.3", "_from_1"))
+    with pytest.raises(SystemExit):
+        script.main(["--model", str(model_dir), "--from-real", "0", "--steps", "2", "--checkpoints", "1"])

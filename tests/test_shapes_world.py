@@ -21,7 +21,9 @@ def test_config_round_trip_and_checks():
     with pytest.raises(ConfigError, match="shapes"):
         ShapesConfig(shapes=("circle", "blob", "square"))
     with pytest.raises(ConfigError, match="min_size"):
-        ShapesConfig(image_size=32)  # 0.18 * 32 px is too small to tell shapes apart
+        ShapesConfig(image_size=16)  # 0.375 * 16 px is too small to tell shapes apart
+    with pytest.raises(ConfigError, match="snap"):
+        ShapesConfig(snap=2)         # no whole cell of a 2 x 2 grid is 0.375 of the side
 
 
 def test_scenes_are_deterministic_and_split_dependent():
@@ -42,6 +44,8 @@ def test_layouts_are_valid():
             assert CFG.min_size <= o.size <= CFG.max_size
             assert min(o.bbox) >= CFG.edge_margin - 1e-9 and max(o.bbox) <= 1 - CFG.edge_margin + 1e-9
             assert o.color in CFG.colors and o.shape in CFG.shapes
+            cells = np.array(o.bbox) * CFG.snap       # every box edge on the layout grid (the token grid)
+            assert np.allclose(cells, np.round(cells))
             for p in s.objects[j + 1:]:
                 assert boxes_apart(o, p, CFG.min_gap)
     assert counts == set(range(CFG.min_objects, CFG.max_objects + 1))

@@ -85,8 +85,11 @@ def guided_velocity(model: Model, x: torch.Tensor, t: float, cond: torch.Tensor 
 
 @torch.no_grad()
 def sample(model: Model, noise: torch.Tensor, cond: torch.Tensor | None = None, sampler: SamplerConfig | None = None,
-           guide_model: Model | None = None) -> torch.Tensor:
-    """Integrate dx/dt = v from x(1) = noise [B, N, C] to x(0); returns the latent at t = 0.
+           guide_model: Model | None = None, start: float = 1.0) -> torch.Tensor:
+    """Integrate dx/dt = v from x(start) = noise [B, N, C] to x(0); returns the latent at t = 0.
+
+    `start` < 1 begins from a partly noised latent x_start = (1 - start) x + start eps (SDEdit, Meng
+    et al. 2022) and runs only the grid's steps below it.
 
     Euler uses num_inference_steps model evaluations (each one forward, 2B wide when CFG is active).
     Heun adds a corrector at t_{i+1} except on the last step to t = 0, as EDM's Algorithm 1 does
@@ -102,8 +105,11 @@ def sample(model: Model, noise: torch.Tensor, cond: torch.Tensor | None = None, 
         raise ValueError("guide_model is only used with guidance 'autoguidance' and guidance_scale != 1")
     if noise.dim() != 3:
         raise ValueError(f"noise must be [B, N, C], got {tuple(noise.shape)}")
-    steps = sampler.num_inference_steps
-    times = sampling_times(steps, resolve_shift(sampler.shift, noise.shape[1], noise.shape[2])).tolist()
+    if not 0.0 < start <= 1.0:
+        raise ValueError(f"start must be in (0, 1], got {start}")
+    times = sampling_times(sampler.num_inference_steps, resolve_shift(sampler.shift, noise.shape[1], noise.shape[2]))
+    times = [start] + [t for t in times.tolist() if t < start]
+    steps = len(times) - 1
 
     x = noise.float()
     for i in range(steps):

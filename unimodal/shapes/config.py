@@ -13,8 +13,8 @@ from unimodal.shapes.vocab import GENEVAL_COLORS, PALETTE
 # a dark one black and brown. See `vocab.PALETTE` for the colour choices.
 DEFAULT_BACKGROUND = (128, 128, 128)
 # Five classes that no low-resolution blob confuses (diamond and heart, also drawable, read as a
-# square and a circle at ~14 px, the default smallest object at 64 px); they stay for new-concept
-# finetuning (scripts/finetune_shapes_example.py).
+# square and a circle at ~14 px); they stay for new-concept finetuning
+# (scripts/finetune_shapes_example.py).
 DEFAULT_SHAPES = ("circle", "square", "triangle", "star", "cross")
 
 
@@ -29,12 +29,21 @@ class ShapesConfig(Config):
     colors: tuple[str, ...] = GENEVAL_COLORS
 
     # Scene sampling.
+    # Objects of 3 x 3 tokens on the 8 x 8 token grid (64 px, patch 8): the tiny tower and decoder
+    # reconstruct every shape at 24 px (stars 0.12 and crosses 0.60 of the time at 14-20 px; see
+    # MODEL_CARD.md), and on the grid a shape is always the same pattern of tokens. Four such
+    # objects do not fit.
     min_objects: int = 1
-    max_objects: int = 4
-    min_size: float = 0.22                    # object box side, fraction of the image side
-    max_size: float = 0.32
+    max_objects: int = 3
+    min_size: float = 0.375                   # object box side, fraction of the image side
+    max_size: float = 0.375
     min_gap: float = 0.05                     # smallest gap between two object boxes
-    edge_margin: float = 0.02                 # smallest gap between a box and the image border
+    # Layout grid: when > 0, object boxes start and end on multiples of 1 / snap of the image side
+    # and their sides are whole cells between min_size and max_size (snap = image_size / patch_size
+    # puts every object on the encoder's token grid, so a shape of one size is always the same
+    # pattern of tokens); 0 places them anywhere.
+    snap: int = 8
+    edge_margin: float = 0.0                  # smallest gap between a box and the image border
     same_shape_prob: float = 0.35             # chance that a multi-object scene is one shape (counting)
     long_caption_prob: float = 0.5            # chance that a training item's caption is the long one
     relation_margin: float = 0.2              # GenEval margin a relation must clear to be captioned
@@ -76,6 +85,9 @@ class ShapesConfig(Config):
         if self.min_size * self.image_size < 8:
             raise ConfigError(f"min_size * image_size = {self.min_size * self.image_size:.1f} px; shapes below "
                               "8 px cannot be told apart - raise min_size or image_size")
+        if self.snap < 0 or (self.snap and not self.snap_cells()):
+            raise ConfigError(f"snap={self.snap} must be 0 or a grid with a whole number of cells between "
+                              f"min_size={self.min_size} and max_size={self.max_size}")
         if self.min_gap * self.image_size < 2:
             raise ConfigError(f"min_gap * image_size = {self.min_gap * self.image_size:.1f} px; objects need a "
                               ">= 2 px gap so the scorer can separate them - raise min_gap")
@@ -98,3 +110,9 @@ class ShapesConfig(Config):
             raise ConfigError(f"min_shape_score={self.min_shape_score} must be in (0, 1)")
         if self.max_tries < 1:
             raise ConfigError(f"max_tries={self.max_tries} must be >= 1")
+
+    def snap_cells(self) -> range:
+        """The object sides allowed on the layout grid, in cells (empty when snap is 0 or none fits)."""
+        if not self.snap:
+            return range(0)
+        return range(math.ceil(self.min_size * self.snap - 1e-9), math.floor(self.max_size * self.snap + 1e-9) + 1)

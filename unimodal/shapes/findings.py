@@ -358,6 +358,16 @@ class Experiment:
         sampler = SamplerConfig(num_inference_steps=s.num_inference_steps, shift=shift, guidance_scale=s.guidance_scale)
         return sample(model, noise.to(self.device), labels.to(self.device), sampler).cpu(), labels
 
+    def denoise_from(self, model: DiT, shift: float, start: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """The held-out latents noised to time `start` (noise seeded by `seed`) and sampled back from
+        there (SDEdit): with a small `start` the layout is given and only the DiT's fine detail is
+        tested, with a large one mostly its layout. Returns (latents, their labels)."""
+        s, x = self.settings, self.eval_latents
+        eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(s.seed + 3))
+        sampler = SamplerConfig(num_inference_steps=s.num_inference_steps, shift=shift, guidance_scale=s.guidance_scale)
+        noisy = ((1 - start) * x + start * eps).to(self.device)
+        return sample(model, noisy, self.eval_labels.to(self.device), sampler, start=start).cpu(), self.eval_labels
+
     def score(self, latents: torch.Tensor, labels: torch.Tensor, decode: Codec, name: str) -> dict[str, float]:
         """`generation_scores` of sampled latents decoded by `decode`; the grid (one row per shape)
         goes to out/name.png when an output folder is set."""
@@ -374,8 +384,13 @@ class Experiment:
         them, the ceiling of any generation accuracy measured through this decoder."""
         recon = decode_all(decode, eval_latents)
         scores = generation_scores(recon, self.eval_labels, self.world)
+        shape_of = torch.tensor([self.world.shapes.index(shape) for _, shape in class_names(self.world)])
+        by_shape = {}
+        for i, shape in enumerate(self.world.shapes):
+            pick = shape_of[self.eval_labels] == i
+            by_shape[shape] = generation_scores(recon[pick], self.eval_labels[pick], self.world)["accuracy"]
         return {"psnr": round(psnr(recon, self.eval_images).mean().item(), 3),
-                **{f"reconstruction_{k}": v for k, v in scores.items()}}
+                **{f"reconstruction_{k}": v for k, v in scores.items()}, "reconstruction_accuracy_by_shape": by_shape}
 
     def fit_pixels(self, module: torch.nn.Module, reconstruct: Callable[[torch.Tensor], tuple],
                    perceptual: EncoderPerceptualLoss, lr: float, name: str) -> None:

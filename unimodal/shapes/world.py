@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import zlib
 from typing import Callable, Sequence
 
@@ -28,10 +29,19 @@ def item_rng(seed: int, split: str, index: int, stream: int = 0) -> np.random.Ge
 
 
 def random_size(cfg: ShapesConfig, rng: np.random.Generator) -> float:
+    if cfg.snap:
+        cells = cfg.snap_cells()
+        return cells[int(rng.integers(len(cells)))] / cfg.snap
     return float(rng.uniform(cfg.min_size, cfg.max_size))
 
 
 def random_center(size: float, cfg: ShapesConfig, rng: np.random.Generator) -> tuple[float, float]:
+    if cfg.snap:
+        # The box's first cell, the edge margin kept (rounded up to whole cells).
+        lo = math.ceil(cfg.edge_margin * cfg.snap - 1e-9)
+        hi = math.floor((1 - cfg.edge_margin - size) * cfg.snap + 1e-9)
+        x0, y0 = rng.integers(lo, hi + 1, size=2) / cfg.snap
+        return float(x0 + size / 2), float(y0 + size / 2)
     lo, hi = cfg.edge_margin + size / 2, 1 - cfg.edge_margin - size / 2
     return float(rng.uniform(lo, hi)), float(rng.uniform(lo, hi))
 

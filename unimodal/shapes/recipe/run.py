@@ -49,7 +49,7 @@ def merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-# Full: about an hour on 2 CPU cores (latents 8 x 8 tokens x 96 channels, 64 px images).
+# Full: about 70 minutes on 2 CPU cores (latents 8 x 8 tokens x 96 channels, 64 px images).
 _FULL: dict[str, dict[str, Any]] = {
     "tokenizer": {},
     "siglip": dict(vision_hidden_size=96, vision_layers=3, vision_heads=4, vision_mlp=384, text_hidden_size=96,
@@ -71,12 +71,13 @@ _FULL: dict[str, dict[str, Any]] = {
                    log_every=100, ckpt_every=250, sample_every=500)),
     "pretrain": dict(
         # A small DiT seeing many noised copies of each target beat a larger one at the same CPU time:
-        # the DiT part is most of a step, and its sample count is what draws coherent objects.
+        # the DiT part is most of a step, and its sample count is what draws coherent objects, so
+        # this stage takes most of the budget (3,000 steps; the DiT learns shape slowly: MODEL_CARD).
         model=dict(dit=dict(hidden_size=128, depth=4, num_heads=4, cond_dim=128), connector_depth=1,
                    num_inference_steps=25, guidance_scale=3.0),
         mix=dict(t2i=0.6, caption=0.25, judge=0.15), llm_lr=1e-3, dit_lr=2e-3, fm_repeats=4,
         data=dict(synthetic_images=80000, shapes_captions="mixed"),
-        train=dict(total_steps=1800, batch_size=16, lr=1e-3, min_lr=1e-4, warmup_steps=30, ema_decay=0.995,
+        train=dict(total_steps=3000, batch_size=16, lr=1e-3, min_lr=1e-4, warmup_steps=30, ema_decay=0.995,
                    log_every=50, ckpt_every=200, sample_every=0)),
     "finetune": dict(
         # On the GenEval-phrased subset the DiT gets most of the updates.
