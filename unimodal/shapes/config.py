@@ -30,7 +30,7 @@ class ShapesConfig(Config):
 
     # Scene sampling.
     # Objects of 3 x 3 tokens on the 8 x 8 token grid (64 px, patch 8): the tiny tower and decoder
-    # reconstruct every shape at 24 px (stars 0.12 and crosses 0.60 of the time at 14-20 px; see
+    # reconstruct every shape at 24 px (stars 0.10 and crosses 0.55 of the time at 14-20 px; see
     # MODEL_CARD.md), and on the grid a shape is always the same pattern of tokens. Four such
     # objects do not fit.
     min_objects: int = 1

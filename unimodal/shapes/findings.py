@@ -156,19 +156,25 @@ def is_correct(detections: Sequence[Detection], color: str, shape: str | None = 
     return len(detections) == 1 and detections[0].color == color and shape in (None, detections[0].shape)
 
 
-def generation_scores(images: torch.Tensor, labels: torch.Tensor, world: ShapesConfig) -> dict[str, float]:
+def generation_scores(images: torch.Tensor, labels: torch.Tensor, world: ShapesConfig,
+                      by_shape: bool = False) -> dict:
     """Over images [B, 3, S, S] in [0, 1] and their class labels: "accuracy", the fraction that
     `is_correct` (one object, right colour and shape), and "color_accuracy", the fraction with one
-    object of the right colour (whatever its shape; a finer signal while shapes are still blobs)."""
+    object of the right colour (whatever its shape; a finer signal while shapes are still blobs).
+    `by_shape` adds "accuracy_by_shape": the accuracy over the images of each of the world's shapes."""
     classes = class_names(world)
-    hits, color_hits = 0, 0
+    hits: dict[str, list[bool]] = {shape: [] for shape in world.shapes}
+    color_hits = 0
     for img, y in zip(images, labels):
         color, shape = classes[int(y)]
         found = detect_objects(img.permute(1, 2, 0).clamp(0, 1).numpy(), world)
-        hits += is_correct(found, color, shape)
+        hits[shape].append(is_correct(found, color, shape))
         color_hits += is_correct(found, color)
     n = max(1, len(labels))
-    return {"accuracy": round(hits / n, 4), "color_accuracy": round(color_hits / n, 4)}
+    scores = {"accuracy": round(sum(map(sum, hits.values())) / n, 4), "color_accuracy": round(color_hits / n, 4)}
+    if by_shape:
+        scores["accuracy_by_shape"] = {shape: round(sum(h) / max(1, len(h)), 4) for shape, h in hits.items()}
+    return scores
 
 
 class PixelCodec:
@@ -355,18 +361,21 @@ class Experiment:
         s, cfg = self.settings, model.config
         labels = torch.arange(cfg.num_classes).repeat_interleave(s.samples_per_class)
         noise = noise_from_seeds([s.seed * 1_000_003 + i for i in range(len(labels))], cfg.num_tokens, cfg.in_channels)
-        sampler = SamplerConfig(num_inference_steps=s.num_inference_steps, shift=shift, guidance_scale=s.guidance_scale)
-        return sample(model, noise.to(self.device), labels.to(self.device), sampler).cpu(), labels
+        return sample(model, noise.to(self.device), labels.to(self.device), self.sampler(shift)).cpu(), labels
+
+    def sampler(self, shift: float) -> SamplerConfig:
+        s = self.settings
+        return SamplerConfig(num_inference_steps=s.num_inference_steps, shift=shift, guidance_scale=s.guidance_scale)
 
     def denoise_from(self, model: DiT, shift: float, start: float) -> tuple[torch.Tensor, torch.Tensor]:
         """The held-out latents noised to time `start` (noise seeded by `seed`) and sampled back from
         there (SDEdit): with a small `start` the layout is given and only the DiT's fine detail is
         tested, with a large one mostly its layout. Returns (latents, their labels)."""
-        s, x = self.settings, self.eval_latents
-        eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(s.seed + 3))
-        sampler = SamplerConfig(num_inference_steps=s.num_inference_steps, shift=shift, guidance_scale=s.guidance_scale)
+        x = self.eval_latents
+        eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(self.settings.seed + 3))
         noisy = ((1 - start) * x + start * eps).to(self.device)
-        return sample(model, noisy, self.eval_labels.to(self.device), sampler, start=start).cpu(), self.eval_labels
+        return (sample(model, noisy, self.eval_labels.to(self.device), self.sampler(shift), start=start).cpu(),
+                self.eval_labels)
 
     def score(self, latents: torch.Tensor, labels: torch.Tensor, decode: Codec, name: str) -> dict[str, float]:
         """`generation_scores` of sampled latents decoded by `decode`; the grid (one row per shape)
@@ -383,14 +392,9 @@ class Experiment:
         """Clean reconstructions of the held-out renders: mean PSNR, and the detector's accuracy on
         them, the ceiling of any generation accuracy measured through this decoder."""
         recon = decode_all(decode, eval_latents)
-        scores = generation_scores(recon, self.eval_labels, self.world)
-        shape_of = torch.tensor([self.world.shapes.index(shape) for _, shape in class_names(self.world)])
-        by_shape = {}
-        for i, shape in enumerate(self.world.shapes):
-            pick = shape_of[self.eval_labels] == i
-            by_shape[shape] = generation_scores(recon[pick], self.eval_labels[pick], self.world)["accuracy"]
+        scores = generation_scores(recon, self.eval_labels, self.world, by_shape=True)
         return {"psnr": round(psnr(recon, self.eval_images).mean().item(), 3),
-                **{f"reconstruction_{k}": v for k, v in scores.items()}, "reconstruction_accuracy_by_shape": by_shape}
+                **{f"reconstruction_{k}": v for k, v in scores.items()}}
 
     def fit_pixels(self, module: torch.nn.Module, reconstruct: Callable[[torch.Tensor], tuple],
                    perceptual: EncoderPerceptualLoss, lr: float, name: str) -> None:
