@@ -24,6 +24,10 @@ def test_config_round_trip_and_checks():
         ShapesConfig(image_size=16)  # 0.375 * 16 px is too small to tell shapes apart
     with pytest.raises(ConfigError, match="snap"):
         ShapesConfig(snap=2)         # no whole cell of a 2 x 2 grid is 0.375 of the side
+    with pytest.raises(ConfigError, match="edge_margin"):
+        # a one-cell box of a 4 x 4 grid has no whole cell left inside a 0.3 margin (it used to pass
+        # the checks and fail at the first layout)
+        ShapesConfig(snap=4, min_size=0.25, max_size=0.25, edge_margin=0.3, max_objects=1)
 
 
 def test_scenes_are_deterministic_and_split_dependent():

@@ -87,7 +87,8 @@ class ShapesConfig(Config):
                               "8 px cannot be told apart - raise min_size or image_size")
         if self.snap < 0 or (self.snap and not self.snap_cells()):
             raise ConfigError(f"snap={self.snap} must be 0 or a grid with a whole number of cells between "
-                              f"min_size={self.min_size} and max_size={self.max_size}")
+                              f"min_size={self.min_size} and max_size={self.max_size} that fits inside "
+                              f"edge_margin={self.edge_margin}")
         if self.min_gap * self.image_size < 2:
             raise ConfigError(f"min_gap * image_size = {self.min_gap * self.image_size:.1f} px; objects need a "
                               ">= 2 px gap so the scorer can separate them - raise min_gap")
@@ -111,8 +112,16 @@ class ShapesConfig(Config):
         if self.max_tries < 1:
             raise ConfigError(f"max_tries={self.max_tries} must be >= 1")
 
-    def snap_cells(self) -> range:
-        """The object sides allowed on the layout grid, in cells (empty when snap is 0 or none fits)."""
+    def snap_cells(self) -> list[int]:
+        """The object sides allowed on the layout grid, in cells: whole cells between min_size and
+        max_size that have room inside the edge margin (empty when snap is 0 or none fits)."""
         if not self.snap:
-            return range(0)
-        return range(math.ceil(self.min_size * self.snap - 1e-9), math.floor(self.max_size * self.snap + 1e-9) + 1)
+            return []
+        sides = range(math.ceil(self.min_size * self.snap - 1e-9), math.floor(self.max_size * self.snap + 1e-9) + 1)
+        return [c for c in sides if self.snap_starts(c)]
+
+    def snap_starts(self, cells: int) -> range:
+        """The first cells (along either axis) of a box `cells` wide on the layout grid, the edge
+        margin kept (rounded up to whole cells)."""
+        lo = math.ceil(self.edge_margin * self.snap - 1e-9)
+        return range(lo, math.floor((1 - self.edge_margin) * self.snap + 1e-9) - cells + 1)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import zlib
 from typing import Callable, Sequence
 
@@ -37,10 +36,8 @@ def random_size(cfg: ShapesConfig, rng: np.random.Generator) -> float:
 
 def random_center(size: float, cfg: ShapesConfig, rng: np.random.Generator) -> tuple[float, float]:
     if cfg.snap:
-        # The box's first cell, the edge margin kept (rounded up to whole cells).
-        lo = math.ceil(cfg.edge_margin * cfg.snap - 1e-9)
-        hi = math.floor((1 - cfg.edge_margin - size) * cfg.snap + 1e-9)
-        x0, y0 = rng.integers(lo, hi + 1, size=2) / cfg.snap
+        starts = cfg.snap_starts(round(size * cfg.snap))
+        x0, y0 = rng.integers(starts.start, starts.stop, size=2) / cfg.snap
         return float(x0 + size / 2), float(y0 + size / 2)
     lo, hi = cfg.edge_margin + size / 2, 1 - cfg.edge_margin - size / 2
     return float(rng.uniform(lo, hi)), float(rng.uniform(lo, hi))
