@@ -12,7 +12,11 @@ best-of-N gains little:
    scorer too), half "yes" and half "no" in every batch;
 3. on the recipe's evaluation prompts the *original* model's candidates are judged by the original
    and by the finetuned LLM: ROC AUC of P(yes) for correct vs wrong candidates, and the ShapesEval
-   score (mean over tags) of the top pick next to a random and an oracle pick.
+   score (mean over tags) of the top pick next to a random and an oracle pick;
+4. `readings`: the original model's judge and captioner on those candidates as generated and
+   re-encoded (decoded, then encoded by the tower): if wrong candidates are captioned with the
+   asked shapes almost as often as right ones, the LLM reads the intent the DiT put into the
+   latent, not what the decoder draws from it, and no judge of raw latents can rank them.
 Labels come from the same scorer that evaluates, on disjoint prompts; the finetuned LLM also
 conditions the DiT, so `--out` saves it for a full `unimodal eval shapes --model DIR`.
 The last line of stdout is one JSON object.
@@ -24,6 +28,7 @@ import copy
 import json
 import random
 import time
+from collections import Counter
 
 import torch
 from tqdm import tqdm
@@ -33,11 +38,11 @@ from unimodal.evaluation.generator import tensor_to_pil
 from unimodal.evaluation.geneval import GENEVAL_TAGS
 from unimodal.shapes import ShapesConfig, holdout_of, metadata_violations, render_metadata, score_image
 from unimodal.shapes.metadata import tag_lines
-from unimodal.shapes.recipe.evaluate import subset_metadata
+from unimodal.shapes.recipe.evaluate import parse_caption, subset_metadata
 from unimodal.shapes.scene import image_to_tensor
 from unimodal.shipped import resolve_model_dir
 from unimodal.unified.chat import collate
-from unimodal.unified.generate import generate_images, judge_yes_prob
+from unimodal.unified.generate import caption, generate_images, judge_yes_prob
 from unimodal.unified.loss import joint_loss
 from unimodal.unified.model import UnifiedModel
 
@@ -86,6 +91,33 @@ def judge_pool(model, latents: torch.Tensor, lines: list[dict], batch: int = 64)
     flat, prompts = latents.flatten(0, 1), [line["prompt"] for line in lines for _ in range(n)]
     yes = torch.cat([judge_yes_prob(model, flat[i:i + batch], prompts[i:i + batch]) for i in range(0, len(prompts), batch)])
     return yes.view(P, n).tolist()
+
+
+def asked_shapes(line: dict) -> Counter:
+    """The shapes a metadata line asks for, as a multiset."""
+    return Counter({inc["class"]: inc["count"] for inc in line["include"]})
+
+
+@torch.no_grad()
+def readings(model, latents: torch.Tensor, lines: list[dict], correct: list[list[bool]], cfg: ShapesConfig) -> dict:
+    """The model's judge and captioner on its candidates read two ways: `latent`, the generated
+    latent itself (what self-verification reads), and `reencoded`, the tower's latent of the
+    decoded image (on the encoder's manifold by construction). Per reading: judge AUCs and picks,
+    and how often right and wrong candidates are captioned with exactly the asked shapes."""
+    flat = latents.flatten(0, 1)
+    ok = [c for cs in correct for c in cs]
+    asked = [asked_shapes(line) for line in lines for _ in range(latents.shape[1])]
+    out = {}
+    for name, lat in (("latent", flat), ("reencoded", model.encode_images(model.decode_latents(flat).clamp(0, 1)))):
+        yes = judge_pool(model, lat.view_as(latents), lines)
+        said = [parse_caption(t, cfg) for t in caption(model, latents=lat, max_new_tokens=72).texts]
+        names = [p is not None and Counter(s for _, s in p) == a for p, a in zip(said, asked)]
+        right, wrong = [n for n, c in zip(names, ok) if c], [n for n, c in zip(names, ok) if not c]
+        out[name] = {"auc": roc_auc([p for ps in yes for p in ps], ok), "within_prompt_auc": within_prompt_auc(correct, yes),
+                     **selection_scores(lines, correct, yes),
+                     "captions_name_asked_shapes": {"right": sum(right) / len(right) if right else None,
+                                                    "wrong": sum(wrong) / len(wrong) if wrong else None}}
+    return out
 
 
 def training_lines(cfg: ShapesConfig, per_tag: int, exclude: set[str], seed: int) -> list[dict]:
@@ -186,6 +218,7 @@ def main(argv: list[str] | None = None) -> dict:
                   "within_prompt_auc": within_prompt_auc(eval_correct, after),
                   "mean_p_yes": sum(map(sum, after)) / len(flat_correct),
                   **selection_scores(eval_lines, eval_correct, after)},
+        "readings": readings(model, eval_latents, eval_lines, eval_correct, cfg),
         "saved": args.out, "seconds": round(time.time() - t0, 1),
     }
     print(json.dumps(report))

@@ -24,6 +24,12 @@ def test_within_prompt_auc_skips_prompts_without_both_outcomes():
     assert script.within_prompt_auc([[True]], [[0.4]]) is None
 
 
+def test_asked_shapes_counts_every_include():
+    assert script.asked_shapes({"include": [{"class": "circle", "count": 3}]}) == {"circle": 3}
+    assert script.asked_shapes({"include": [{"class": "star", "count": 1, "color": "red"},
+                                            {"class": "square", "count": 1}]}) == {"star": 1, "square": 1}
+
+
 def test_selection_scores_average_tags_and_break_ties_by_index():
     lines = [{"tag": "colors"}, {"tag": "colors"}, {"tag": "counting"}]
     correct = [[False, True], [False, False], [True, False]]
@@ -43,5 +49,9 @@ def test_small_run_on_the_shipped_model_trains_the_judge_and_saves_it(tmp_path, 
     assert report["train_examples"]["yes"] >= 12 and report["train_examples"]["no"] >= 1
     assert report["before"]["mean_p_yes"] != report["after"]["mean_p_yes"]   # the judge moved
     assert (tmp_path / "tuned" / "model.safetensors").is_file()
+    for reading in ("latent", "reencoded"):
+        got = report["readings"][reading]
+        assert {"auc", "within_prompt_auc", "top_pick", "random", "oracle", "captions_name_asked_shapes"} <= set(got)
+        assert all(v is None or 0.0 <= v <= 1.0 for v in got["captions_name_asked_shapes"].values())
     with pytest.raises(SystemExit):
         script.main(["--n", "1"])

@@ -13,12 +13,13 @@ from unimodal.shapes.recipe.evaluate import caption_matches, parse_caption
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "shapes"
 # Floors for the shipped model on the held-out check below (5 ShapesEval prompts per tag with 4
-# samples each, 24 scenes). Measured on the shipped model (v5) with exactly this check: PSNR 35.5
-# dB, captions 13/24, judge 0.81, ShapesEval of reconstructions 0.93, generation 20/120 samples
-# right (v4, the plain DiT: 9/120). The floors leave a margin (PSNR 32 dB, captions >= 9/24, judge
-# 0.7 vs chance 0.5, reconstructions 0.8, generation >= 12/120: above v4, ~2 standard errors below v5).
+# samples each, 24 scenes). Measured on the shipped model (v6) with exactly this check: PSNR 35.5
+# dB, captions 19/24 (v5: 13/24), judge 0.81, ShapesEval of reconstructions 0.93, generation 21/120
+# samples right (v5: 20/120, v4, the plain DiT: 9/120). The floors leave a margin (PSNR 32 dB,
+# captions >= 15/24: ~2 standard errors below v6, above v5; judge 0.7 vs chance 0.5, reconstructions
+# 0.8, generation >= 12/120: above v4, ~2 standard errors below v6).
 SHIPPED_CHECK = dict(prompts_per_tag=5, n=4, caption_scenes=24, psnr_images=24)
-SHIPPED_FLOORS = {"decoder_psnr": 32.0, "caption_correct": 0.375, "judge_accuracy": 0.7, "shapes_eval_reconstruction": 0.8,
+SHIPPED_FLOORS = {"decoder_psnr": 32.0, "caption_correct": 0.6, "judge_accuracy": 0.7, "shapes_eval_reconstruction": 0.8,
                   "generation": 0.1}
 
 
@@ -166,3 +167,19 @@ def test_full_preset_trains_a_dit_dh_whose_head_is_as_wide_as_the_latent_needs(t
     dit = UnifiedStageConfig.from_dict(Recipe(tmp_path, "full").pretrain_config()).model.dit
     assert (dit.hidden_size, dit.depth, dit.head_hidden_size, dit.head_depth) == (128, 4, 192, 2)
     assert dit.head_hidden_size >= dit.in_channels
+
+
+@pytest.mark.parametrize("preset", ["full", "quick"])
+def test_understand_stage_continues_the_finetuned_model_with_hard_negatives(tmp_path, preset):
+    """Stage (f') starts from the finetune export, asks the judge about shape twins, keeps
+    text-to-image in the mix (so the LLM still conditions the DiT), and is what assemble installs."""
+    from unimodal.shapes.recipe.run import STAGES, Recipe
+    from unimodal.train.pretrain import UnifiedStageConfig
+
+    recipe = Recipe(tmp_path, preset)
+    cfg = UnifiedStageConfig.from_dict(recipe.finetune_config("understand", init_from="finetune"))
+    assert cfg.init_from == str(tmp_path / "finetune" / "export") and cfg.train.run_dir == str(tmp_path / "understand")
+    assert cfg.mix.hard_negative > 0 and cfg.mix.t2i > 0 and cfg.mix.caption + cfg.mix.judge > cfg.mix.t2i
+    assert cfg.data.source == "shapes" and cfg.data.shapes_captions == "mixed"
+    assert STAGES.index("finetune") < STAGES.index("understand") < STAGES.index("assemble")
+    assert UnifiedStageConfig.from_dict(recipe.finetune_config()).mix.hard_negative == 0.0   # v5's stages, unchanged

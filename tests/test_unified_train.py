@@ -5,6 +5,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from unimodal.config import ConfigError
 from unimodal.train.config import TrainConfig
 from unimodal.train.engine import TrainEngine
 from unimodal.unified import loss as loss_module
@@ -151,3 +152,27 @@ def test_toy_training_teaches_the_judge():
     mismatched = [caps[(i + 5) % len(caps)] for i in range(len(caps))]
     own, other = prompt_likelihood(m, lat, caps), prompt_likelihood(m, lat, mismatched)
     assert (own > other).float().mean() >= 0.9
+
+
+def test_judge_negatives_are_the_items_hard_negatives_when_given():
+    m = tiny_model(seed=0)
+    caps = [toy_caption(*p) for p in toy_pairs()[:4]]
+    negs = [toy_caption(*p) for p in toy_pairs()[4:8]]
+    enc = lambda i, p, yes: m.chat.encode(m.chat.judge_chat(i, p, answer=yes)).input_ids  # noqa: E731
+    asked = set()
+    for seed in range(12):
+        chats, _ = make_chats(m.chat, caps, TaskMix(hard_negative=1.0), random.Random(seed), tasks=["judge"] * 4,
+                              negatives=negs)
+        for i, c in enumerate(chats):
+            kind = {tuple(enc(i, caps[i], True)): "yes", tuple(enc(i, negs[i], False)): "hard"}.get(tuple(c.input_ids))
+            assert kind is not None          # never another item's caption
+            asked.add(kind)
+        # Without negatives (or all None) the draws are the batch-caption ones, unchanged.
+        plain, _ = make_chats(m.chat, caps, TaskMix(), random.Random(seed), tasks=["judge"] * 4)
+        nones, _ = make_chats(m.chat, caps, TaskMix(), random.Random(seed), tasks=["judge"] * 4, negatives=[None] * 4)
+        assert [c.input_ids for c in plain] == [c.input_ids for c in nones]
+    assert asked == {"yes", "hard"}
+    with pytest.raises(ValueError, match="3 negatives for 4 captions"):
+        make_chats(m.chat, caps, TaskMix(), random.Random(0), tasks=["judge"] * 4, negatives=negs[:3])
+    with pytest.raises(ConfigError, match=r"mix.hard_negative must be in \[0, 1\], got 1.5"):
+        TaskMix(hard_negative=1.5)

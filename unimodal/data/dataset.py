@@ -1,7 +1,8 @@
 """`DataConfig` and `build_image_dataset`: a prescanned, augmented torch Dataset of image dicts.
 
 Items are ``{"pixels": float [3, S, S] in [0, 1], "index": int, "label": int, "caption": str}``
-(label / caption only when the source has them). The dataset accepts `(index, sample_seed)` keys
+(label / caption only when the source has them; "negative", a caption known to be wrong for the image,
+only on records that carry one). The dataset accepts `(index, sample_seed)` keys
 from `unimodal.train.loop.infinite_loader`, so the random crop of every sample replays exactly
 after a resume.
 """
@@ -141,6 +142,8 @@ class ImageDataset(Dataset):
             item["label"] = int(rec.label)
         if self.has_captions:
             item["caption"] = str(rec.caption)
+        if rec.negative is not None:
+            item["negative"] = rec.negative
         return item
 
 

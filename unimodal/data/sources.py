@@ -39,6 +39,7 @@ class Record:
     caption: str | None = None
     key: str = ""              # a name for messages (file path, row number)
     problem: str | None = None  # a skip reason known without reading: a metadata row naming no usable image
+    negative: str | None = None  # a caption known to be wrong for the image (a judge's hard negative)
 
 
 class SyntheticImageSource:

@@ -17,8 +17,8 @@ from unimodal.data.dataset import DataConfig, register_generated_source
 from unimodal.data.sources import Record
 from unimodal.shapes.captions import scene_captions
 from unimodal.shapes.config import ShapesConfig
-from unimodal.shapes.scene import image_to_tensor, render_scene
-from unimodal.shapes.world import item_rng, training_scene
+from unimodal.shapes.scene import Scene, image_to_tensor, render_scene
+from unimodal.shapes.world import item_rng, shape_twin, training_scene
 
 CAPTION_MODES = ("mixed", "long", "geneval")
 
@@ -34,12 +34,26 @@ def choose_caption(captions: dict[str, list[str]], mode: str, long_prob: float, 
     return short[int(rng.integers(len(short)))]
 
 
+def twin_caption(caption: str, captions: dict[str, list[str]], twin: Scene | None, cfg: ShapesConfig) -> str | None:
+    """The caption of `twin` (the scene with one shape changed) phrased like `caption`: the same tag
+    and position in its list when the twin has one, else its long description; None without a twin."""
+    if twin is None:
+        return None
+    twin_caps = scene_captions(twin, cfg)
+    for tag, caps in captions.items():
+        if caption in caps and len(twin_caps.get(tag, [])) > caps.index(caption):
+            return twin_caps[tag][caps.index(caption)]
+    return twin_caps["long"][0]
+
+
 def make_item(cfg: ShapesConfig, split: str, index: int, mode: str = "mixed") -> dict[str, Any]:
-    """{"image": PIL image, "caption": str, "captions": all exact captions, "scene": JSON, "index"}."""
+    """{"image": PIL image, "caption": str, "captions": all exact captions, "negative": the caption
+    of its shape twin (a hard negative: one shape word wrong) or None, "scene": JSON, "index"}."""
     scene = training_scene(cfg, split, index)
     caps = scene_captions(scene, cfg)
     caption = choose_caption(caps, mode, cfg.long_caption_prob, item_rng(cfg.seed, split, index, stream=1))
-    return {"image": render_scene(scene, cfg), "caption": caption,
+    negative = twin_caption(caption, caps, shape_twin(scene, cfg, item_rng(cfg.seed, split, index, stream=12)), cfg)
+    return {"image": render_scene(scene, cfg), "caption": caption, "negative": negative,
             "captions": [c for tag in sorted(caps) for c in caps[tag]], "scene": scene.to_json(), "index": index}
 
 
@@ -82,7 +96,7 @@ class ShapesImageSource:
         if not 0 <= i < self.n:
             raise IndexError(i)
         item = make_item(self.cfg, self.split, i, self.caption_mode)
-        return Record(item["image"], None, item["caption"], key=f"shapes[{self.split}:{i}]")
+        return Record(item["image"], None, item["caption"], key=f"shapes[{self.split}:{i}]", negative=item["negative"])
 
 
 def _data_source(cfg: DataConfig, split: str) -> ShapesImageSource:

@@ -106,3 +106,17 @@ def sample_scene(cfg: ShapesConfig, rng: np.random.Generator, holdout: HoldOut) 
 def training_scene(cfg: ShapesConfig, split: str, index: int) -> Scene:
     """Scene `index` of `split` (deterministic; see module docstring)."""
     return sample_scene(cfg, item_rng(cfg.seed, split, index), holdout_of(cfg))
+
+
+def shape_twin(scene: Scene, cfg: ShapesConfig, rng: np.random.Generator, tries: int = 20) -> Scene | None:
+    """The scene with one object's shape changed (same place, size and colour), or None when every
+    try shows a held-out combination. A hard negative: only a shape word tells the two apart."""
+    holdout = holdout_of(cfg)
+    for _ in range(tries):
+        k = int(rng.integers(len(scene.objects)))
+        o = scene.objects[k]
+        choices = [s for s in cfg.shapes if s != o.shape and not holdout.holds_pair(o.color, s)]
+        twin = scene.replace_object(k, shape=choices[int(rng.integers(len(choices)))])
+        if not scene_violations(twin.objects, holdout):
+            return twin
+    return None

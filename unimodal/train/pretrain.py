@@ -130,7 +130,8 @@ class StageHooks:
 
 
 def collate_items(items: list[dict]) -> dict:
-    return {"pixels": torch.stack([it["pixels"] for it in items]), "caption": [it["caption"] for it in items]}
+    return {"pixels": torch.stack([it["pixels"] for it in items]), "caption": [it["caption"] for it in items],
+            "negative": [it.get("negative") for it in items]}
 
 
 def build_model(cfg: UnifiedStageConfig) -> UnifiedModel:
@@ -199,7 +200,7 @@ def run_stage(cfg: UnifiedStageConfig, deepspeed_config: str | None, stage: str,
             latents = model.encode_images(items["pixels"])                       # [B, N, C], frozen
             # Task draws depend only on (seed, rank, step, micro): a resumed run draws the same.
             rng = random.Random(derive_seed(tc.seed, dist.rank, step, micro))
-            batch = make_batch(model.chat, items["caption"], cfg.mix, rng).to(device)
+            batch = make_batch(model.chat, items["caption"], cfg.mix, rng, negatives=items["negative"]).to(device)
             with engine.autocast():
                 out = engine(batch, latents)
             check_finite(out.loss, step)

@@ -6,7 +6,11 @@ latents), its task drawn from `TaskMix`:
   closing <|im_end|>, flow matching at the queries);
 - ``caption``: image + "Describe this image." -> the caption (CE);
 - ``judge``: image + "Does this image align with the prompt: {p}?" -> "yes" for its own caption,
-  "no" for another caption of the batch, half and half; this is what gives self-verification signal.
+  "no" for a wrong one, half and half; this is what gives self-verification signal. A wrong prompt is
+  the item's hard negative when it has one (a caption that differs from the truth in one detail, e.g.
+  one shape word), with probability `TaskMix.hard_negative`, else another caption of the batch. Best-of-N
+  ranks candidates of one prompt, which mostly differ in such details, so the judge needs to have
+  been asked about them: negatives of other scenes differ in colours and layout too.
 """
 from __future__ import annotations
 
@@ -25,12 +29,15 @@ class TaskMix(Config):
     t2i: float = 0.5
     caption: float = 0.3
     judge: float = 0.2
+    hard_negative: float = 0.0    # P(a judge's "no" asks about the item's hard negative, when it has one)
 
     def __post_init__(self) -> None:
         weights = [self.t2i, self.caption, self.judge]
         if any(w < 0 for w in weights) or sum(weights) <= 0:
             raise ConfigError(f"task mix weights must be >= 0 with a positive sum, got t2i={self.t2i} "
                               f"caption={self.caption} judge={self.judge}")
+        if not 0.0 <= self.hard_negative <= 1.0:
+            raise ConfigError(f"mix.hard_negative must be in [0, 1], got {self.hard_negative}")
 
     @property
     def weights(self) -> list[float]:
@@ -38,10 +45,14 @@ class TaskMix(Config):
 
 
 def make_chats(chat: ChatFormat, captions: Sequence[str], mix: TaskMix, rng: random.Random,
-               tasks: Sequence[str] | None = None) -> tuple[list[EncodedChat], list[str]]:
-    """One conversation per caption (about latent i); returns the chats and the task of each."""
+               tasks: Sequence[str] | None = None,
+               negatives: Sequence[str | None] | None = None) -> tuple[list[EncodedChat], list[str]]:
+    """One conversation per caption (about latent i); returns the chats and the task of each.
+    `negatives[i]`, when given and not None, is a caption known to be wrong for image i."""
     if tasks is None:
         tasks = rng.choices(TASKS, weights=mix.weights, k=len(captions))
+    if negatives is not None and len(negatives) != len(captions):
+        raise ValueError(f"{len(negatives)} negatives for {len(captions)} captions")
     chats = []
     for i, (cap, task) in enumerate(zip(captions, tasks)):
         if task == "t2i":
@@ -49,15 +60,22 @@ def make_chats(chat: ChatFormat, captions: Sequence[str], mix: TaskMix, rng: ran
         elif task == "caption":
             chats.append(chat.encode(chat.caption_chat(i, cap)))
         elif task == "judge":
+            hard = negatives[i] if negatives is not None and negatives[i] not in (None, cap) else None
             others = sorted({c for c in captions if c != cap})
-            match = not others or rng.random() < 0.5
-            chats.append(chat.encode(chat.judge_chat(i, cap if match else rng.choice(others), answer=match)))
+            match = not (others or hard) or rng.random() < 0.5
+            if match:
+                prompt = cap
+            elif hard is not None and (not others or rng.random() < mix.hard_negative):
+                prompt = hard
+            else:
+                prompt = rng.choice(others)
+            chats.append(chat.encode(chat.judge_chat(i, prompt, answer=match)))
         else:
             raise ValueError(f"unknown task {task!r}; tasks are {TASKS}")
     return chats, list(tasks)
 
 
 def make_batch(chat: ChatFormat, captions: Sequence[str], mix: TaskMix, rng: random.Random,
-               tasks: Sequence[str] | None = None) -> ChatBatch:
-    chats, _ = make_chats(chat, captions, mix, rng, tasks)
+               tasks: Sequence[str] | None = None, negatives: Sequence[str | None] | None = None) -> ChatBatch:
+    chats, _ = make_chats(chat, captions, mix, rng, tasks, negatives)
     return collate(chats, chat.pad_id, "right")

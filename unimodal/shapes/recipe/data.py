@@ -13,10 +13,9 @@ import torch
 
 from unimodal.shapes.captions import scene_captions
 from unimodal.shapes.config import ShapesConfig
-from unimodal.shapes.holdout import scene_violations
 from unimodal.shapes.scene import Scene, image_to_tensor, render_scene
 from unimodal.shapes.vocab import number_word
-from unimodal.shapes.world import holdout_of, item_rng, training_scene
+from unimodal.shapes.world import item_rng, shape_twin, training_scene
 from unimodal.text.special_tokens import IM_END, IM_START
 
 TRAIN_SPLIT = "train"
@@ -104,20 +103,6 @@ def render_images(cfg: ShapesConfig, scene_list: list[Scene]) -> torch.Tensor:
 def to_unit(images: torch.Tensor) -> torch.Tensor:
     """uint8 [B, 3, H, W] -> float32 in [0, 1]."""
     return images.float() / 255.0
-
-
-def shape_twin(scene: Scene, cfg: ShapesConfig, rng: np.random.Generator, tries: int = 20) -> Scene | None:
-    """The scene with one object's shape changed (same place, size and colour), or None when every
-    try shows a held-out combination. A hard negative: only a shape word tells the two apart."""
-    holdout = holdout_of(cfg)
-    for _ in range(tries):
-        k = int(rng.integers(len(scene.objects)))
-        o = scene.objects[k]
-        choices = [s for s in cfg.shapes if s != o.shape and not holdout.holds_pair(o.color, s)]
-        twin = scene.replace_object(k, shape=choices[int(rng.integers(len(choices)))])
-        if not scene_violations(twin.objects, holdout):
-            return twin
-    return None
 
 
 @dataclasses.dataclass
