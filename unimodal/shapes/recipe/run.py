@@ -92,7 +92,7 @@ _FULL: dict[str, dict[str, Any]] = {
                    log_every=50, ckpt_every=200, sample_every=0)),
     "understand": dict(
         # The understanding side trains on top of the generator: captions and judge questions take
-        # 70% of the items (the unified stages gave them 25-35%, and a fresh LLM of this size, taught
+        # 70% of the items (the unified stages gave them 30-40%, and a fresh LLM of this size, taught
         # captions alone, reads these latents at 0.8 where the joint stages reached 0.5, MODEL_CARD);
         # half of the judge's "no" prompts are the scene's shape twin (hard negatives: one shape word
         # off), which is what one prompt's candidates differ by. Text-to-image stays in the mix, so
