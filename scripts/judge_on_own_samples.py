@@ -42,7 +42,7 @@ from unimodal.shapes.recipe.evaluate import parse_caption, subset_metadata
 from unimodal.shapes.scene import image_to_tensor
 from unimodal.shipped import resolve_model_dir
 from unimodal.unified.chat import collate
-from unimodal.unified.generate import caption, generate_images, judge_yes_prob
+from unimodal.unified.generate import caption, generate_images, judge_yes_prob, reencode
 from unimodal.unified.loss import joint_loss
 from unimodal.unified.model import UnifiedModel
 
@@ -108,7 +108,7 @@ def readings(model, latents: torch.Tensor, lines: list[dict], correct: list[list
     ok = [c for cs in correct for c in cs]
     asked = [asked_shapes(line) for line in lines for _ in range(latents.shape[1])]
     out = {}
-    for name, lat in (("latent", flat), ("reencoded", model.encode_images(model.decode_latents(flat).clamp(0, 1)))):
+    for name, lat in (("latent", flat), ("reencoded", reencode(model, flat))):
         yes = judge_pool(model, lat.view_as(latents), lines)
         said = [parse_caption(t, cfg) for t in caption(model, latents=lat, max_new_tokens=72).texts]
         names = [p is not None and Counter(s for _, s in p) == a for p, a in zip(said, asked)]

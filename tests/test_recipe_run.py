@@ -99,6 +99,7 @@ def test_quick_recipe_end_to_end_and_resume(tmp_path):
     ev = manifest["metrics"]["evaluate"]
     for key in ("shapes_eval_single", "shapes_eval_best_of_2", "caption_correct", "judge_accuracy", "decoder_psnr"):
         assert key in ev
+    assert json.loads((tmp_path / "published" / "config.json").read_text())["verify_on"] == "decoded"   # set at assemble
     shipped = json.loads((tmp_path / "published" / "MANIFEST.json").read_text())
     assert shipped["preset"] == "quick" and shipped["model"]["params"] > 0 and "commit" in shipped["git"]
 

@@ -4,7 +4,8 @@ import torch
 
 from unimodal.unified.chat import IGNORE, EncodedChat, ImageIn, Message, collate
 from unimodal.unified.decoding import decode_text, next_token, sample_seed
-from unimodal.unified.generate import caption, generate_images, judge_yes_prob, prompt_likelihood, verify
+from unimodal.unified.generate import (caption, generate_images, judge_yes_prob, prompt_likelihood, reencode,
+                                      verify)
 from unimodal.unified.session import Session
 from unimodal.unified.testing import tiny_model
 
@@ -71,6 +72,27 @@ def test_candidates_regenerate_from_seed_prompt_index(model):
     assert not torch.equal(other.candidates[0][0].latent, by_index[0].latent)
     with pytest.raises(ValueError, match="needs a judge"):
         generate_images(model, "x", n=2, keep=1, judge=None)
+
+
+def test_judges_read_decoded_candidates_when_asked(model):
+    """verify_on="decoded": the judges score the encoder's latents of the decoded candidates (the
+    same candidates, the same scores as verifying `reencode` by hand); "latent" the candidates."""
+    prompt, kw = "a red square on blue", dict(n=3, judge="yes_prob", num_inference_steps=2, seed=5, decode=False)
+    raw = generate_images(model, prompt, verify_on="latent", **kw).candidates[0]
+    dec = generate_images(model, prompt, verify_on="decoded", **kw).candidates[0]
+    latents = torch.stack([c.latent for c in sorted(raw, key=lambda c: c.index)])
+    assert torch.equal(latents, torch.stack([c.latent for c in sorted(dec, key=lambda c: c.index)]))
+    for cands, read in ((raw, latents), (dec, reencode(model, latents))):
+        want = verify(model, read, [prompt] * 3).yes_prob
+        got = torch.tensor([c.yes_prob for c in sorted(cands, key=lambda c: c.index)])
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    assert not torch.allclose(reencode(model, latents), latents)
+    assert model.config.verify_on == "latent"     # the default: the model's own setting
+    with pytest.raises(ValueError, match="verify_on must be 'latent' or 'decoded'"):
+        generate_images(model, prompt, verify_on="pixels", **kw)
+    from unimodal.config import ConfigError
+    with pytest.raises(ConfigError, match="verify_on"):
+        model.config.replace(verify_on="pixels")
 
 
 def test_verification_scores(model):

@@ -92,9 +92,12 @@ class UnifiedGenerator:
                      else self.num_inference_steps,
                      "guidance_scale": config.guidance_scale if self.guidance_scale is None else self.guidance_scale,
                      "shift": config.shift}
-        # Only a vLLM run names its backend, so runs written before backends existed still resume.
+        # Only a vLLM run names its backend, and only a judge of decoded candidates what it reads,
+        # so runs written before either existed still resume.
         if self.reader.backend != "torch":
             described["backend"] = self.reader.backend
+        if config.verify_on != "latent":
+            described["verify_on"] = config.verify_on
         return described
 
     @torch.no_grad()

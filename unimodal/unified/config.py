@@ -47,6 +47,11 @@ class UnifiedConfig(Config):
     num_inference_steps: int = 50
     guidance_scale: float = 1.0             # 1.0 = no guidance (the unconditional pass is skipped)
     shift: float | None = None              # None = the dimension shift sqrt(N * C / 4096)
+    # What best-of-N's judge reads: "latent", the generated latent itself (Scale-RAE), or
+    # "decoded", the encoder's latent of its decoded image, back on the encoder's manifold (a
+    # decoder and an encoder pass per candidate; on the Shapes model the judge then ranks one
+    # prompt's candidates above chance, MODEL_CARD).
+    verify_on: Literal["latent", "decoded"] = "latent"
 
     def __post_init__(self) -> None:
         if "{prompt}" not in self.generate_template:

@@ -136,16 +136,25 @@ def verify(model, latents: torch.Tensor, prompts: Sequence[str], batch_size: int
     return VerifyOutput(torch.cat(ys), torch.cat(ls))
 
 
+@torch.no_grad()
+def reencode(model, latents: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+    """The encoder's latents of the decoded images of `latents`: a generated latent projected
+    back onto the encoder's manifold, so a reader sees what the decoder draws from it."""
+    return torch.cat([model.encode_images(model.decode_latents(latents[i:i + batch_size]).clamp(0, 1))
+                      for i in range(0, len(latents), batch_size)])
+
+
 # ---------------------------------------------------------------------- generation
 @torch.no_grad()
 def generate_images(model, prompts: Sequence[str] | str, *, n: int = 1, keep: int | None = None,
                     judge: Judge | None = "yes_prob", seed: int = 0, num_inference_steps: int | None = None,
                     guidance_scale: float | None = None, decode: bool = True, batch_size: int = 16,
-                    reader=None) -> GenerateOutput:
+                    reader=None, verify_on: str | None = None) -> GenerateOutput:
     """`n` candidates per prompt, scored by both judges when `judge` is set, the best `keep`
     (default all) decoded to images. The LLM runs once per prompt; only the DiT noise differs.
     `reader` (`unified.backends.open_reader`) runs the LLM's conditioning and judging pass
-    elsewhere, on vLLM; None runs them here."""
+    elsewhere, on vLLM; None runs them here. `verify_on` (default the model's) is what the judges
+    read: "latent" (the candidate itself) or "decoded" (the encoder's latent of its decoded image)."""
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     keep = n if keep is None else keep
     if n < 1 or not 1 <= keep <= n:
@@ -154,6 +163,9 @@ def generate_images(model, prompts: Sequence[str] | str, *, n: int = 1, keep: in
         raise ValueError("keeping fewer than n candidates needs a judge ('yes_prob' or 'likelihood')")
     if judge not in (None, "yes_prob", "likelihood"):
         raise ValueError(f"judge must be 'yes_prob', 'likelihood' or None, got {judge!r}")
+    verify_on = model.config.verify_on if verify_on is None else verify_on
+    if verify_on not in ("latent", "decoded"):
+        raise ValueError(f"verify_on must be 'latent' or 'decoded', got {verify_on!r}")
     check_prompts(model, prompts)
     model.eval()
     conds, p_start = [], []
@@ -169,8 +181,9 @@ def generate_images(model, prompts: Sequence[str] | str, *, n: int = 1, keep: in
                              guidance_scale=guidance_scale, batch_size=batch_size)
     scores = None
     if judge is not None:
-        scores = (verify(model, latents, flat_prompts, batch_size) if reader is None
-                  else reader.verify(latents, flat_prompts, batch_size))
+        read = latents if verify_on == "latent" else reencode(model, latents, batch_size)
+        scores = (verify(model, read, flat_prompts, batch_size) if reader is None
+                  else reader.verify(read, flat_prompts, batch_size))
 
     out: list[list[Candidate]] = []
     for pi, prompt in enumerate(prompts):
