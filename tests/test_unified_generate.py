@@ -4,8 +4,7 @@ import torch
 
 from unimodal.unified.chat import IGNORE, EncodedChat, ImageIn, Message, collate
 from unimodal.unified.decoding import decode_text, next_token, sample_seed
-from unimodal.unified.generate import (caption, generate_images, judge_yes_prob, prompt_likelihood, reencode,
-                                      verify)
+from unimodal.unified.generate import generate_images, judge_yes_prob, prompt_likelihood, reencode, verify
 from unimodal.unified.session import Session
 from unimodal.unified.testing import tiny_model
 
