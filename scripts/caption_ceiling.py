@@ -34,6 +34,7 @@ from unimodal.shapes.dataset import make_item
 from unimodal.shapes.findings import PixelCodec, encode_all
 from unimodal.shapes.recipe.data import render_images, scenes, to_unit
 from unimodal.shapes.recipe.evaluate import EVAL_SPLIT, caption_matches, parse_caption
+from unimodal.shapes.scene import image_to_tensor
 from unimodal.shipped import resolve_model_dir
 from unimodal.train.schedule import warmup_cosine
 from unimodal.unified.bridge import Projector
@@ -122,20 +123,21 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    shipped = UnifiedModel.from_pretrained(resolve_model_dir(args.model)).eval()
+    model_dir = resolve_model_dir(args.model)
+    shipped = UnifiedModel.from_pretrained(model_dir).eval()
     size = shipped.config.rae.encoder.image_size
     cfg = ShapesConfig(image_size=size, min_gap=max(ShapesConfig().min_gap, 2 / size))   # the world; >= 2 px gaps
     train_items = [make_item(cfg, "train", i) for i in range(args.train_scenes)]
     captions = [it["caption"] for it in train_items]
-    train_images = to_unit(render_images(cfg, scenes(cfg, "train", args.train_scenes)))
+    train_images = torch.stack([image_to_tensor(it["image"]) for it in train_items])
     eval_scenes = scenes(cfg, EVAL_SPLIT, args.eval_scenes)
     eval_images = to_unit(render_images(cfg, eval_scenes))
-    grid = shipped.config.rae.encoder.image_size // shipped.config.rae.encoder.patch_size
+    grid = size // shipped.config.rae.encoder.patch_size
     pixel = PixelCodec(cfg.image_size, cfg.image_size // grid)
     encoders = {"tower": shipped.encode_images, "pixel": pixel.encode}
 
     with torch.no_grad():
-        result = {"model": str(resolve_model_dir(args.model)), "init": args.init, "steps": args.steps,
+        result = {"model": str(model_dir), "init": args.init, "steps": args.steps,
                   "batch_size": args.batch_size, "lr": args.lr, "train_scenes": args.train_scenes,
                   "eval_scenes": args.eval_scenes, "threads": torch.get_num_threads(),
                   "shipped": caption_scores(shipped, shipped.encode_images(eval_images), eval_scenes, cfg)}

@@ -108,7 +108,7 @@ def readings(model, latents: torch.Tensor, lines: list[dict], correct: list[list
     ok = [c for cs in correct for c in cs]
     asked = [asked_shapes(line) for line in lines for _ in range(latents.shape[1])]
     out = {}
-    for name, lat in (("latent", flat), ("reencoded", reencode(model, flat))):
+    for name, lat in (("latent", flat), ("reencoded", reencode(model, flat)[0])):
         yes = judge_pool(model, lat.view_as(latents), lines)
         said = [parse_caption(t, cfg) for t in caption(model, latents=lat, max_new_tokens=72).texts]
         names = [p is not None and Counter(s for _, s in p) == a for p, a in zip(said, asked)]

@@ -81,11 +81,15 @@ def test_judges_read_decoded_candidates_when_asked(model):
     dec = generate_images(model, prompt, verify_on="decoded", **kw).candidates[0]
     latents = torch.stack([c.latent for c in sorted(raw, key=lambda c: c.index)])
     assert torch.equal(latents, torch.stack([c.latent for c in sorted(dec, key=lambda c: c.index)]))
-    for cands, read in ((raw, latents), (dec, reencode(model, latents))):
+    for cands, read in ((raw, latents), (dec, reencode(model, latents)[0])):
         want = verify(model, read, [prompt] * 3).yes_prob
         got = torch.tensor([c.yes_prob for c in sorted(cands, key=lambda c: c.index)])
         torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
-    assert not torch.allclose(reencode(model, latents), latents)
+    assert not torch.allclose(reencode(model, latents)[0], latents)
+    # The kept images are the ones the judges read, decoded once.
+    kept = generate_images(model, prompt, n=3, keep=1, judge="yes_prob", num_inference_steps=2, seed=5,
+                           verify_on="decoded").kept(0)[0]
+    torch.testing.assert_close(kept.image, model.decode_latents(kept.latent[None])[0], rtol=0, atol=1e-5)
     assert model.config.verify_on == "latent"     # the default: the model's own setting
     with pytest.raises(ValueError, match="verify_on must be 'latent' or 'decoded'"):
         generate_images(model, prompt, verify_on="pixels", **kw)

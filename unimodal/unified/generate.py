@@ -137,11 +137,12 @@ def verify(model, latents: torch.Tensor, prompts: Sequence[str], batch_size: int
 
 
 @torch.no_grad()
-def reencode(model, latents: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
-    """The encoder's latents of the decoded images of `latents`: a generated latent projected
-    back onto the encoder's manifold, so a reader sees what the decoder draws from it."""
-    return torch.cat([model.encode_images(model.decode_latents(latents[i:i + batch_size]).clamp(0, 1))
-                      for i in range(0, len(latents), batch_size)])
+def reencode(model, latents: torch.Tensor, batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the encoder's latents of the decoded images of `latents`, those images): a generated
+    latent projected back onto the encoder's manifold, so a reader sees what the decoder draws."""
+    images = torch.cat([model.decode_latents(latents[i:i + batch_size]) for i in range(0, len(latents), batch_size)])
+    return torch.cat([model.encode_images(images[i:i + batch_size].clamp(0, 1))
+                      for i in range(0, len(images), batch_size)]), images
 
 
 # ---------------------------------------------------------------------- generation
@@ -179,9 +180,11 @@ def generate_images(model, prompts: Sequence[str] | str, *, n: int = 1, keep: in
     seeds = [sample_seed(seed, p, k) for p in prompts for k in range(n)]
     latents = sample_latents(model, cond, seeds, num_inference_steps=num_inference_steps,
                              guidance_scale=guidance_scale, batch_size=batch_size)
-    scores = None
+    scores, decoded = None, None
     if judge is not None:
-        read = latents if verify_on == "latent" else reencode(model, latents, batch_size)
+        read = latents
+        if verify_on == "decoded":
+            read, decoded = reencode(model, latents, batch_size)     # the kept ones' images too
         scores = (verify(model, read, flat_prompts, batch_size) if reader is None
                   else reader.verify(read, flat_prompts, batch_size))
 
@@ -199,7 +202,8 @@ def generate_images(model, prompts: Sequence[str] | str, *, n: int = 1, keep: in
             c.kept = r < keep
         if decode:
             kept = [c for c in cands if c.kept]
-            images = model.decode_latents(torch.stack([c.latent for c in kept])).cpu()
+            images = (model.decode_latents(torch.stack([c.latent for c in kept])) if decoded is None
+                      else decoded[[pi * n + c.index for c in kept]]).cpu()
             for c, im in zip(kept, images):
                 c.image = im
         out.append(cands)
