@@ -99,7 +99,9 @@ def test_quick_recipe_end_to_end_and_resume(tmp_path):
     ev = manifest["metrics"]["evaluate"]
     for key in ("shapes_eval_single", "shapes_eval_best_of_2", "caption_correct", "judge_accuracy", "decoder_psnr"):
         assert key in ev
-    assert json.loads((tmp_path / "published" / "config.json").read_text())["verify_on"] == "decoded"   # set at assemble
+    published = json.loads((tmp_path / "published" / "config.json").read_text())
+    assert (published["verify_on"], published["judge"]) == ("decoded", "likelihood")   # set at assemble
+    assert ev["best_of_n_judge"] == "likelihood"
     shipped = json.loads((tmp_path / "published" / "MANIFEST.json").read_text())
     assert shipped["preset"] == "quick" and shipped["model"]["params"] > 0 and "commit" in shipped["git"]
 
@@ -122,6 +124,10 @@ def test_quick_recipe_end_to_end_and_resume(tmp_path):
     assert demo.run(args) == 0
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
     assert len(report["rows"]) == len(demo.DEMO_TAGS) and (tmp_path / "demo" / "report.png").is_file()
+    assert (report["judge"], report["verify_on"]) == ("likelihood", "decoded")      # the model's own
+    for row in report["rows"]:
+        kept = next(c for c in row["candidates"] if c["kept"])
+        assert kept["likelihood"] == max(c["likelihood"] for c in row["candidates"])
 
     # Rerunning resumes: every stage is skipped, markers unchanged.
     before = {s: json.loads((root / "markers" / f"{s}.json").read_text())["finished"] for s in STAGES}

@@ -181,3 +181,36 @@ def test_eval_defaults_to_the_model_every_command_uses(model_dir, monkeypatch, c
         with pytest.raises(SystemExit):
             main(argv)
         assert "else the shipped Shapes model" in " ".join(capsys.readouterr().out.split())
+
+
+def test_eval_and_generate_default_to_the_models_judge(model_dir, tmp_path, capsys):
+    from unimodal.cli import build_parser
+    from unimodal.commands import eval as eval_command
+    from unimodal.unified.model import UnifiedModel
+
+    likes = tmp_path / "likelihood_model"
+    m = UnifiedModel.from_pretrained(model_dir)
+    m.config = m.config.replace(judge="likelihood")
+    m.save_pretrained(likes)
+    parse = build_parser().parse_args
+    for d, want in ((model_dir, "yes_prob"), (likes, "likelihood")):
+        assert eval_command._options(parse(["eval", "shapes", "--out", "o", "--model", str(d)])).judge == want
+    named = parse(["eval", "shapes", "--out", "o", "--model", str(likes), "--judge", "yes_prob"])
+    assert eval_command._options(named).judge == "yes_prob"
+    # --check-only needs no model: the judge the run recorded.
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "generation.json").write_text(json.dumps({"judge": "likelihood"}))
+    assert eval_command._options(parse(["eval", "shapes", "--out", str(tmp_path / "run"), "--check-only"])).judge == "likelihood"
+
+    assert _run(["generate", "a red square on blue", "--model", str(likes), "--n", "3", "--keep", "1",
+                 "--num-inference-steps", "2", "--out", str(tmp_path / "gen"), "--device", "cpu"]) == 0
+    made = json.loads((tmp_path / "gen" / "a-red-square-on-blue-seed0.json").read_text())
+    scores = [c["likelihood"] for c in made["candidates"]]
+    assert made["judge"] == "likelihood" and scores == sorted(scores, reverse=True)
+    assert _run(["generate", "a red square on blue", "--model", str(likes), "--n", "3", "--judge", "yes_prob",
+                 "--verify-on", "decoded", "--num-inference-steps", "2", "--out", str(tmp_path / "dec"),
+                 "--device", "cpu"]) == 0
+    dec = json.loads((tmp_path / "dec" / "a-red-square-on-blue-seed0.json").read_text())
+    assert (made["verify_on"], dec["verify_on"], dec["judge"]) == ("latent", "decoded", "yes_prob")
+    by_seed = {c["seed"]: c["likelihood"] for c in made["candidates"]}
+    assert all(abs(by_seed[c["seed"]] - c["likelihood"]) > 1e-6 for c in dec["candidates"])   # another reading

@@ -98,6 +98,30 @@ def test_judges_read_decoded_candidates_when_asked(model):
         model.config.replace(verify_on="pixels")
 
 
+def test_default_judge_is_the_models_and_decode_all_decodes_every_candidate(model):
+    """judge="default" ranks by the model's `judge`; decode="all" also decodes the rejected
+    candidates, the same images the kept ones get."""
+    prompt, kw = "a red square on blue", dict(n=4, keep=1, num_inference_steps=2, seed=1)
+    assert model.config.judge == "yes_prob"
+    kept = {}
+    for judge in ("yes_prob", "likelihood"):
+        model.config = model.config.replace(judge=judge)
+        try:
+            out = generate_images(model, prompt, decode=False, **kw)
+        finally:
+            model.config = model.config.replace(judge="yes_prob")
+        scores = [getattr(c, judge) for c in out.candidates[0]]
+        assert out.judge == judge and scores == sorted(scores, reverse=True)
+        kept[judge] = out.kept(0)[0].index
+    assert kept["yes_prob"] != kept["likelihood"]     # the two judges disagree here, so the order tells
+    every = generate_images(model, prompt, decode="all", batch_size=2, **kw).candidates[0]
+    assert all(c.image is not None for c in every) and sum(c.kept for c in every) == 1
+    latents = torch.stack([c.latent for c in every])
+    torch.testing.assert_close(torch.stack([c.image for c in every]), model.decode_latents(latents), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="judge must be 'default'"):
+        generate_images(model, prompt, judge="votes", **kw)
+
+
 def test_verification_scores(model):
     lat = torch.randn(2, 16, 32)
     yes = judge_yes_prob(model, lat, ["a red square on blue", "a green square on red"])

@@ -212,14 +212,14 @@ class ChatEngine:
         return to_pil(image)
 
     def _generate(self, request: Request, prompt: str, n: int) -> TurnResult:
-        from unimodal.unified.generate import caption, generate_images
+        from unimodal.unified.generate import JUDGE_LABELS, caption, generate_images
 
         if not prompt.strip():
             raise ValueError("the prompt is empty")
         s = self.settings
         steps = s.num_inference_steps or self.model.config.num_inference_steps
         self.progress(f"drawing {n} candidate{'s' * (n > 1)} with {steps} steps, then judging")
-        out = generate_images(self.model, prompt, n=n, keep=1, judge="yes_prob", seed=s.seed,
+        out = generate_images(self.model, prompt, n=n, keep=1, seed=s.seed,
                               num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale)
         turn = len(self.turns)
         records, shown = [], []
@@ -239,7 +239,7 @@ class ChatEngine:
                  f"P(yes) {_fmt(best.yes_prob, '.3f')}, likelihood {_fmt(best.likelihood, '.3f')}"
                  + (f" -> {best.image}" if best.image else "")]
         if n > 1:
-            lines.append(f"best of {n} by P(yes):")
+            lines.append(f"best of {n} by {JUDGE_LABELS[out.judge]}:")
             lines += [f"  #{r.index}: P(yes) {_fmt(r.yes_prob, '.3f')}  likelihood {_fmt(r.likelihood, '.3f')}"
                       + ("  <- kept" if r.kept else "") for r in records]
         if best.caption is not None:

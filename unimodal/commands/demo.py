@@ -1,9 +1,11 @@
 """`unimodal demo [--model DIR] [--out DIR] [--n N] [--prompt P ...]`: the shipped Shapes model at work.
 
-For a few prompts it generates N candidates, keeps the one its own judge likes best (P(yes) to
-"Does this image align with the prompt?", read from the latent), captions the kept latent, prints
-that critique and the analytic ShapesEval verdict, and writes `report.png` (every candidate with
-its P(yes), the kept one framed) and `report.json` under `--out`.
+For a few prompts it generates N candidates, keeps the one its own judge likes best (the model's
+`judge`: P(yes) to "Does this image align with the prompt?" or the prompt's likelihood as the
+answer to "Describe this image.", read from what the model's `verify_on` names), captions the kept
+candidate read the same way, prints that critique and the analytic ShapesEval verdict, and writes
+`report.png` (every candidate with its judge score, the kept one framed) and `report.json` under
+`--out`.
 """
 from __future__ import annotations
 
@@ -40,10 +42,11 @@ def _demo_lines(prompts: list[str] | None):
             for tag in DEMO_TAGS], cfg
 
 
-def _report_png(rows: list[dict], candidates, path: Path, cell: int = 96) -> None:
+def _report_png(rows: list[dict], candidates, judge: str, path: Path, cell: int = 96) -> None:
     from PIL import Image, ImageDraw
 
     from unimodal.evaluation.generator import tensor_to_pil
+    from unimodal.unified.generate import JUDGE_LABELS
 
     n = max(len(c) for c in candidates)
     label_w, text_h = 230, 14
@@ -52,14 +55,14 @@ def _report_png(rows: list[dict], candidates, path: Path, cell: int = 96) -> Non
     for r, (row, cands) in enumerate(zip(rows, candidates)):
         y = r * (cell + text_h)
         verdict = "" if row["scorer_correct"] is None else ("  scorer: correct" if row["scorer_correct"] else "  scorer: wrong")
-        draw.multiline_text((4, y + 4), f"{row['prompt']}\nkept P(yes)={row['yes_prob']:.2f}{verdict}\n"
+        draw.multiline_text((4, y + 4), f"{row['prompt']}\nkept {JUDGE_LABELS[judge]}={row[judge]:.2f}{verdict}\n"
                             f"caption: {row['caption'][:34]}\n{row['caption'][34:68]}", fill="black", spacing=2)
         for k, c in enumerate(sorted(cands, key=lambda c: c.index)):
             x = label_w + k * cell
             grid.paste(tensor_to_pil(c.image).resize((cell - 4, cell - 4), Image.NEAREST), (x + 2, y + 2))
             if c.kept:
                 draw.rectangle([x, y, x + cell - 1, y + cell - 1], outline=(0, 160, 0), width=2)
-            draw.text((x + 2, y + cell), f"#{c.index} {c.yes_prob:.2f}", fill="black")
+            draw.text((x + 2, y + cell), f"#{c.index} {getattr(c, judge):.2f}", fill="black")
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)
 
@@ -73,7 +76,7 @@ def run(args) -> int:
     from unimodal.shipped import resolve_model_dir
     from unimodal.shapes.scorer import score_image
     from unimodal.evaluation.generator import tensor_to_pil
-    from unimodal.unified.generate import caption, generate_images
+    from unimodal.unified.generate import JUDGE_LABELS, caption, generate_images
     from unimodal.unified.model import UnifiedModel
 
     model_dir = resolve_model_dir(args.model)
@@ -81,15 +84,14 @@ def run(args) -> int:
     model = UnifiedModel.from_pretrained(model_dir).eval()
     items, cfg = _demo_lines(args.prompt)
     prompts = [p for p, _ in items]
-    out = generate_images(model, prompts, n=args.n, keep=1, judge="yes_prob", seed=args.seed,
-                          num_inference_steps=args.num_inference_steps)
-    for cands in out.candidates:   # the report shows every candidate, so decode the rejected ones too
-        rejected = [c for c in cands if c.image is None]
-        if rejected:
-            for c, im in zip(rejected, model.decode_latents(torch.stack([c.latent for c in rejected])).cpu()):
-                c.image = im
+    # The report shows every candidate, so all of them are decoded.
+    out = generate_images(model, prompts, n=args.n, keep=1, seed=args.seed,
+                          num_inference_steps=args.num_inference_steps, decode="all")
     best = [cands[0] for cands in out.candidates]
-    said = caption(model, latents=torch.stack([c.latent for c in best]), max_new_tokens=72).texts
+    # The critique reads what the judge read: the latent, or the decoded image through the encoder.
+    read = ({"images": torch.stack([c.image for c in best])} if model.config.verify_on == "decoded"
+            else {"latents": torch.stack([c.latent for c in best])})
+    said = caption(model, **read, max_new_tokens=72).texts
     rows = []
     for (prompt, line), c, text, p_start in zip(items, best, said, out.p_image_start):
         verdict = score_image(tensor_to_pil(c.image), line, cfg)["correct"] if line is not None else None
@@ -99,10 +101,12 @@ def run(args) -> int:
                      "candidates": [{"index": k.index, "seed": k.seed, "yes_prob": k.yes_prob,
                                      "likelihood": k.likelihood, "kept": k.kept} for k in out.candidates[len(rows)]]})
         check = "" if verdict is None else f"  [scorer: {'correct' if verdict else 'wrong'}]"
-        print(f"> {prompt}\n  best of {args.n}: #{c.index}, judge P(yes)={c.yes_prob:.2f}{check}\n  caption: {text}")
+        print(f"> {prompt}\n  best of {args.n}: #{c.index}, judge {JUDGE_LABELS[out.judge]}={getattr(c, out.judge):.2f}"
+              f"{check}\n  caption: {text}")
     out_dir = Path(args.out)
-    _report_png(rows, out.candidates, out_dir / "report.png")
-    report = {"model": str(model_dir.resolve()), "n": args.n, "seed": args.seed,
+    _report_png(rows, out.candidates, out.judge, out_dir / "report.png")
+    report = {"model": str(model_dir.resolve()), "n": args.n, "seed": args.seed, "judge": out.judge,
+              "verify_on": model.config.verify_on,
               "num_inference_steps": args.num_inference_steps,
               "seconds": round(time.time() - t0, 1), "rows": rows}
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")

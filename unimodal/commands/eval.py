@@ -29,7 +29,8 @@ def _common(p: argparse.ArgumentParser, keep: int = 4, n: int | None = None) -> 
                    help=f"images written per prompt, 1..n ({keep})")
     p.add_argument("--n", type=int_in(1, MAX_CANDIDATES), default=n, help=f"candidates per prompt, 1..{MAX_CANDIDATES}; "
                    "> images-per-prompt keeps the best by the model's own judge (default: no selection)")
-    p.add_argument("--judge", default="yes_prob", choices=["yes_prob", "likelihood"], help="self-verification score")
+    p.add_argument("--judge", default=None, choices=["yes_prob", "likelihood"],
+                   help="self-verification score (default: the model's config.json `judge`)")
     add_steps_arg(p, "--num-steps")
     add_guidance_arg(p, "--cfg-scale")
     p.add_argument("--batch-size", type=int_in(1), default=16, help="candidates per DiT batch")
@@ -98,13 +99,32 @@ def _options(args):
     n = args.n if args.n is not None else args.keep
     # --check-only generates nothing, so it needs no model.
     model = args.model if args.check_only else str(resolve_model_dir(args.model))
-    return RunOptions(out=args.out, model=model, seed=args.seed, n=n, keep=args.keep, judge=args.judge,
+    return RunOptions(out=args.out, model=model, seed=args.seed, n=n, keep=args.keep, judge=_judge(args, model),
                       num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
                       batch_size=args.batch_size,
                       device=args.device, shard=args.shard, num_shards=args.num_shards, start=args.start,
                       end=args.end, overwrite=args.overwrite, save_rejected=args.save_rejected,
                       progress=args.progress, check_only=args.check_only, backend=args.backend,
                       vllm_python=args.vllm_python)
+
+
+def _judge(args, model: str | None) -> str:
+    """--judge, else the model's own (config.json), else the one the run in --out recorded
+    (--check-only needs no model), else P(yes)."""
+    from pathlib import Path
+
+    from unimodal.config import read_json
+    from unimodal.utils.weights import CONFIG_NAME
+
+    if args.judge is not None:
+        return args.judge
+    if model is not None and (Path(model) / CONFIG_NAME).is_file():
+        return read_json(Path(model) / CONFIG_NAME).get("judge", "yes_prob")
+    out = Path(args.out)
+    for recorded in (out / "generation.json", out.with_name(out.name + "_meta") / "generation.json"):  # DPG: *_meta
+        if args.check_only and recorded.is_file():
+            return read_json(recorded).get("judge") or "yes_prob"
+    return "yes_prob"
 
 
 def _ints(text: str) -> list[int]:

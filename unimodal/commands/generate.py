@@ -1,5 +1,5 @@
-"""`unimodal generate "PROMPT" [...] --model DIR [--n N --keep K] [--seed S] [--num-inference-steps T]
-[--guidance-scale W] [--out DIR]`.
+"""`unimodal generate "PROMPT" [...] --model DIR [--n N --keep K] [--judge J] [--verify-on R] [--seed S]
+[--num-inference-steps T] [--guidance-scale W] [--out DIR]`.
 
 Writes, per kept candidate, a PNG and its latent (.safetensors, key "latent"), and one JSON
 manifest per prompt listing every candidate with its seed and judge scores. Names carry the prompt,
@@ -25,7 +25,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--n", type=int_in(1, MAX_CANDIDATES), default=1, help=N_HELP)
     p.add_argument("--keep", type=int_in(1, MAX_CANDIDATES), default=None,
                    help="best candidates kept, 1..n (default: all n)")
-    p.add_argument("--judge", choices=["yes_prob", "likelihood", "none"], default="yes_prob")
+    p.add_argument("--judge", choices=["yes_prob", "likelihood", "none"], default=None,
+                   help="best-of-N's score (default: the model's config.json `judge`); none: no judging")
+    p.add_argument("--verify-on", choices=["latent", "decoded"], default=None,
+                   help="what the judge reads: the generated latent, or its decoded image re-encoded "
+                        "(default: the model's config.json `verify_on`)")
     p.add_argument("--seed", type=int, default=0)
     add_steps_arg(p, "--steps")
     add_guidance_arg(p, "--cfg")
@@ -48,11 +52,11 @@ def run(args) -> int:
     settings = vllm_settings(args)
     model = load_model(args)
     check_prompts(model, args.prompts)  # before a vLLM engine starts for them
-    judge = None if args.judge == "none" else args.judge
+    judge = {None: "default", "none": None}.get(args.judge, args.judge)
     with open_reader(model, args.backend, settings) as reader:
         result = generate_images(model, args.prompts, n=args.n, keep=args.keep, judge=judge, seed=args.seed,
                                  num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
-                                 reader=reader)
+                                 reader=reader, verify_on=args.verify_on)
     out = Path(args.out)
     for prompt, cands in zip(result.prompts, result.candidates):
         stem = f"{slug(prompt)}-seed{args.seed}"
@@ -67,7 +71,8 @@ def run(args) -> int:
                 row.update(image=png.name, latent=lat.name)
             rows.append(row)
         manifest = claim(out, stem, ".json")
-        manifest.write_text(json.dumps({"prompt": prompt, "run_seed": args.seed, "n": args.n, "judge": judge,
+        manifest.write_text(json.dumps({"prompt": prompt, "run_seed": args.seed, "n": args.n, "judge": result.judge,
+                                        "verify_on": args.verify_on or model.config.verify_on,
                                         "num_inference_steps": args.num_inference_steps,
                                         "guidance_scale": args.guidance_scale, "model": str(args.model),
                                         "backend": args.backend,

@@ -115,15 +115,9 @@ class UnifiedGenerator:
         for prompt, seed in zip(prompts, prompt_seeds):
             res = generate_images(self.model, prompt, n=n, keep=keep, judge=judge, seed=int(seed),
                                   num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale,
-                                  batch_size=self.batch_size, reader=self.reader)
+                                  decode="all" if decode_rejected else True, batch_size=self.batch_size,
+                                  reader=self.reader)
             cands = res.candidates[0]
-            rejected = [c for c in cands if not c.kept]
-            if decode_rejected and rejected:
-                for i in range(0, len(rejected), self.batch_size):
-                    chunk = rejected[i:i + self.batch_size]
-                    images = self.model.decode_latents(torch.stack([c.latent for c in chunk])).cpu()
-                    for c, im in zip(chunk, images):
-                        c.image = im
             out.append([Candidate(index=c.index, seed=c.seed,
                                   image=None if c.image is None else tensor_to_pil(c.image),
                                   scores={} if judge is None else {"yes_prob": c.yes_prob, "likelihood": c.likelihood},

@@ -52,6 +52,10 @@ class UnifiedConfig(Config):
     # decoder and an encoder pass per candidate; on the Shapes model the judge then ranks one
     # prompt's candidates above chance, MODEL_CARD).
     verify_on: Literal["latent", "decoded"] = "latent"
+    # The score best-of-N keeps by when a caller names none (Scale-RAE section 5 reports both):
+    # "yes_prob", P(yes) to "Does this image align with the prompt?", or "likelihood", the
+    # prompt's mean token log-prob as the answer to "Describe this image.".
+    judge: Literal["yes_prob", "likelihood"] = "yes_prob"
 
     def __post_init__(self) -> None:
         if "{prompt}" not in self.generate_template:

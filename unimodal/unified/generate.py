@@ -20,6 +20,7 @@ from unimodal.unified.chat import CAPTION_QUESTION, IGNORE, ImageIn, Message, co
 from unimodal.unified.decoding import decode_text, sample_latents, sample_seed
 
 Judge = Literal["yes_prob", "likelihood"]
+JUDGE_LABELS = {"yes_prob": "P(yes)", "likelihood": "likelihood"}   # how reports name each judge
 
 
 @dataclasses.dataclass
@@ -148,22 +149,26 @@ def reencode(model, latents: torch.Tensor, batch_size: int = 16) -> tuple[torch.
 # ---------------------------------------------------------------------- generation
 @torch.no_grad()
 def generate_images(model, prompts: Sequence[str] | str, *, n: int = 1, keep: int | None = None,
-                    judge: Judge | None = "yes_prob", seed: int = 0, num_inference_steps: int | None = None,
-                    guidance_scale: float | None = None, decode: bool = True, batch_size: int = 16,
-                    reader=None, verify_on: str | None = None) -> GenerateOutput:
-    """`n` candidates per prompt, scored by both judges when `judge` is set, the best `keep`
-    (default all) decoded to images. The LLM runs once per prompt; only the DiT noise differs.
-    `reader` (`unified.backends.open_reader`) runs the LLM's conditioning and judging pass
-    elsewhere, on vLLM; None runs them here. `verify_on` (default the model's) is what the judges
-    read: "latent" (the candidate itself) or "decoded" (the encoder's latent of its decoded image)."""
+                    judge: Judge | Literal["default"] | None = "default", seed: int = 0,
+                    num_inference_steps: int | None = None, guidance_scale: float | None = None,
+                    decode: bool | Literal["all"] = True, batch_size: int = 16, reader=None,
+                    verify_on: str | None = None) -> GenerateOutput:
+    """`n` candidates per prompt, scored by both judges unless `judge` is None, the best `keep`
+    (default all) by `judge` ("default": the model's `judge`) decoded to images (`decode="all"`:
+    the rejected ones too; False: none). The LLM runs once
+    per prompt; only the DiT noise differs. `reader` (`unified.backends.open_reader`) runs the
+    LLM's conditioning and judging pass elsewhere, on vLLM; None runs them here. `verify_on`
+    (default the model's) is what the judges read: "latent" (the candidate itself) or "decoded"
+    (the encoder's latent of its decoded image)."""
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     keep = n if keep is None else keep
+    judge = model.config.judge if judge == "default" else judge
     if n < 1 or not 1 <= keep <= n:
         raise ValueError(f"need n >= 1 and 1 <= keep <= n, got n={n} keep={keep}")
     if judge is None and keep < n:
         raise ValueError("keeping fewer than n candidates needs a judge ('yes_prob' or 'likelihood')")
     if judge not in (None, "yes_prob", "likelihood"):
-        raise ValueError(f"judge must be 'yes_prob', 'likelihood' or None, got {judge!r}")
+        raise ValueError(f"judge must be 'default', 'yes_prob', 'likelihood' or None, got {judge!r}")
     verify_on = model.config.verify_on if verify_on is None else verify_on
     if verify_on not in ("latent", "decoded"):
         raise ValueError(f"verify_on must be 'latent' or 'decoded', got {verify_on!r}")
@@ -201,11 +206,13 @@ def generate_images(model, prompts: Sequence[str] | str, *, n: int = 1, keep: in
         for r, c in enumerate(cands):
             c.kept = r < keep
         if decode:
-            kept = [c for c in cands if c.kept]
-            images = (model.decode_latents(torch.stack([c.latent for c in kept])) if decoded is None
-                      else decoded[[pi * n + c.index for c in kept]]).cpu()
-            for c, im in zip(kept, images):
-                c.image = im
+            chosen = cands if decode == "all" else [c for c in cands if c.kept]
+            for i in range(0, len(chosen), batch_size):
+                chunk = chosen[i:i + batch_size]
+                images = (model.decode_latents(torch.stack([c.latent for c in chunk])) if decoded is None
+                          else decoded[[pi * n + c.index for c in chunk]]).cpu()
+                for c, im in zip(chunk, images):
+                    c.image = im
         out.append(cands)
     return GenerateOutput(prompts, out, judge, [float(p) for p in torch.cat(p_start)])
 

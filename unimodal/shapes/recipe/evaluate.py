@@ -202,11 +202,12 @@ def evaluate_model(model_dir: str | Path, out_dir: str | Path, shapes: ShapesCon
 
     from unimodal.evaluation.generator import UnifiedGenerator
 
+    judge = model.config.judge      # best-of-N keeps by the model's own judge; `scaling` compares both
     opts = RunOptions(out=str(out_dir / "shapes_eval"), model=str(model_dir), seed=ecfg.seed, n=ecfg.n, keep=1,
-                      judge="yes_prob", num_inference_steps=ecfg.num_inference_steps,
+                      judge=judge, num_inference_steps=ecfg.num_inference_steps,
                       guidance_scale=ecfg.guidance_scale, batch_size=ecfg.n,
                       device="cpu" if model.device.type == "cpu" else None, progress=progress)
-    generator = UnifiedGenerator(model, judge="yes_prob" if ecfg.n > 1 else None,
+    generator = UnifiedGenerator(model, judge=judge if ecfg.n > 1 else None,
                                  num_inference_steps=ecfg.num_inference_steps, guidance_scale=ecfg.guidance_scale,
                                  batch_size=ecfg.n, model_path=str(Path(model_dir).resolve()))
     summary, status = run_shapes(opts, shapes_config=str(shapes_json), metadata=str(meta), generator=generator)
@@ -218,6 +219,7 @@ def evaluate_model(model_dir: str | Path, out_dir: str | Path, shapes: ShapesCon
     if "best_of_n" in scores:
         metrics[f"shapes_eval_best_of_{ecfg.n}"] = scores["best_of_n"]["overall"]
         metrics[f"shapes_eval_best_of_{ecfg.n}_tags"] = scores["best_of_n"]["tags"]
+        metrics["best_of_n_judge"] = judge
     for split, rows in scores.get("splits", {}).items():
         metrics[f"shapes_eval_single_{split}"] = rows["single"]["overall"]
         if "best_of_n" in rows:

@@ -9,8 +9,8 @@ Stages, each writing under `root`:
   (f) finetune    the same loop on GenEval-style captions only       unimodal.train.finetune
   (f') understand the same loop weighted to captions and judging,     unimodal.train.finetune
                   the judge's "no" on hard negatives (one shape off)
-      assemble    `root/model`: the last unified stage's model with the decoder stage's RAE (`assemble_model`)
-                  and what its judge reads (`verify_on`)
+      assemble    `root/model`: the last unified stage's model with the decoder stage's RAE (`assemble_model`),
+                  its best-of-N judge (`judge`) and what that judge reads (`verify_on`)
   (g) evaluate    ShapesEval (1 sample, best-of-N), captions, judge, PSNR   recipe.evaluate
   (h) manifest    `root/model/MANIFEST.json` (config, command, commit, stage times, metrics)
 A stage whose marker `root/markers/<stage>.json` exists is skipped, so rerunning the command
@@ -103,8 +103,9 @@ _FULL: dict[str, dict[str, Any]] = {
         train=dict(total_steps=1000, batch_size=32, lr=1e-3, min_lr=1e-4, warmup_steps=20, ema_decay=0.995,
                    log_every=50, ckpt_every=200, sample_every=0)),
     # The judge reads each candidate's decoded image re-encoded (`verify_on`), through the decoder
-    # installed here: on v6's candidates that lifted every best-of-N pick (MODEL_CARD).
-    "assemble": dict(verify_on="decoded"),
+    # installed here: on v6's candidates that lifted every best-of-N pick, and the prompt's
+    # likelihood then picked better than P(yes) at every N (MODEL_CARD).
+    "assemble": dict(verify_on="decoded", judge="likelihood"),
     "evaluate": dict(prompts_per_tag=16, n=8, caption_scenes=64, psnr_images=64),
 }
 
@@ -159,7 +160,7 @@ _QUICK: dict[str, dict[str, Any]] = {
         data=dict(synthetic_images=64, shapes_captions="mixed"),
         train=dict(total_steps=4, batch_size=8, lr=1e-3, min_lr=1e-4, warmup_steps=1, log_every=2, ckpt_every=4,
                    sample_every=0)),
-    "assemble": dict(verify_on="decoded"),
+    "assemble": dict(verify_on="decoded", judge="likelihood"),
     "evaluate": dict(prompts_per_tag=1, n=2, caption_scenes=4, psnr_images=4),
 }
 
@@ -461,9 +462,10 @@ def _short(metrics: dict[str, Any]) -> dict[str, Any]:
             if isinstance(v, (int, float, str)) and not k.endswith("_tags")}
 
 
-def assemble_model(finetuned: str | Path, rae_dir: str | Path, out: str | Path, verify_on: str | None = None) -> Path:
+def assemble_model(finetuned: str | Path, rae_dir: str | Path, out: str | Path, verify_on: str | None = None,
+                   judge: str | None = None) -> Path:
     """The final model: the finetuned unified model with the decoder stage's RAE installed, and
-    `verify_on` (what best-of-N's judge reads; None keeps the finetuned model's) set.
+    `judge` (best-of-N's score) and `verify_on` (what it reads) set; None keeps the finetuned model's.
 
     The RAE is frozen in the unified stages and its decoder takes no part in their losses (they
     train on encoder latents), so the decoder stage's export is installed here; this also lets a
@@ -484,7 +486,8 @@ def assemble_model(finetuned: str | Path, rae_dir: str | Path, out: str | Path, 
         raise ConfigError(f"{rae_dir}: latent grid differs from {finetuned}'s")
     rae.requires_grad_(False)
     model.rae = rae.eval()
-    model.config = model.config.replace(rae=rae.saved_config(), verify_on=verify_on or model.config.verify_on)
+    model.config = model.config.replace(rae=rae.saved_config(), verify_on=verify_on or model.config.verify_on,
+                                        judge=judge or model.config.judge)
     return model.save_pretrained(out)
 
 
