@@ -178,8 +178,9 @@ def test_full_preset_trains_a_dit_dh_whose_head_is_as_wide_as_the_latent_needs(t
 
 @pytest.mark.parametrize("preset", ["full", "quick"])
 def test_understand_stage_continues_the_finetuned_model_with_hard_negatives(tmp_path, preset):
-    """Stage (f') starts from the finetune export, asks the judge about shape twins, keeps
-    text-to-image in the mix (so the LLM still conditions the DiT), and is what assemble installs."""
+    """Stage (f') starts from the finetune export, asks the judge about shape twins and keeps
+    text-to-image in the mix (so the LLM still conditions the DiT); (f'') then trains the
+    generator alone on the frozen LLM, and is what assemble installs."""
     from unimodal.shapes.recipe.run import STAGES, Recipe
     from unimodal.train.pretrain import UnifiedStageConfig
 
@@ -188,5 +189,9 @@ def test_understand_stage_continues_the_finetuned_model_with_hard_negatives(tmp_
     assert cfg.init_from == str(tmp_path / "finetune" / "export") and cfg.train.run_dir == str(tmp_path / "understand")
     assert cfg.mix.hard_negative > 0 and cfg.mix.t2i > 0 and cfg.mix.caption + cfg.mix.judge > cfg.mix.t2i
     assert cfg.data.source == "shapes" and cfg.data.shapes_captions == "mixed"
-    assert STAGES.index("finetune") < STAGES.index("understand") < STAGES.index("assemble")
+    assert STAGES.index("finetune") < STAGES.index("understand") < STAGES.index("draw") < STAGES.index("assemble")
     assert UnifiedStageConfig.from_dict(recipe.finetune_config()).mix.hard_negative == 0.0   # v5's stages, unchanged
+    assert (cfg.llm_mode, UnifiedStageConfig.from_dict(recipe.finetune_config()).llm_mode) == ("full", "full")
+    draw = UnifiedStageConfig.from_dict(recipe.finetune_config("draw", init_from="understand"))
+    assert draw.init_from == str(tmp_path / "understand" / "export") and draw.llm_mode == "frozen"
+    assert (draw.mix.t2i, draw.mix.caption, draw.mix.judge) == (1.0, 0.0, 0.0)
