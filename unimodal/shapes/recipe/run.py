@@ -55,7 +55,8 @@ def merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-# Full: about 2 hours on 2 CPU cores (latents 8 x 8 tokens x 96 channels, 64 px images; MODEL_CARD).
+# Full: about 2 h 40 min on 2 CPU cores (latents 8 x 8 tokens x 96 channels, 64 px images; MODEL_CARD);
+# without (f'') draw about 2 hours, the issue's budget, with a generator 0.05 weaker.
 _FULL: dict[str, dict[str, Any]] = {
     "tokenizer": {},
     "siglip": dict(vision_hidden_size=96, vision_layers=3, vision_heads=4, vision_mlp=384, text_hidden_size=96,
@@ -108,7 +109,8 @@ _FULL: dict[str, dict[str, Any]] = {
     "draw": dict(
         # The generator was still learning: trained further on the frozen LLM's query states (the
         # understanding side keeps what `understand` taught it), v6's DiT drew the asked scene in
-        # 0.18 -> 0.21 -> 0.24 of its samples after 0 / 500 / 1,000 more steps of 32 (MODEL_CARD).
+        # 0.18 -> 0.21 -> 0.24 -> 0.25 of its samples after 0 / 500 / 1,000 / 1,500 more steps of 32
+        # (MODEL_CARD). About 40 minutes on 2 cores: the stage that takes the recipe past 2 hours.
         mix=dict(t2i=1.0, caption=0.0, judge=0.0), llm_mode="frozen", llm_lr=1e-4, dit_lr=5e-4, fm_repeats=4,
         data=dict(synthetic_images=80000, shapes_captions="geneval"),
         train=dict(total_steps=1500, batch_size=32, lr=5e-4, min_lr=1e-4, warmup_steps=20, ema_decay=0.995,
