@@ -36,7 +36,8 @@ def test_geneval_with_the_tiny_model(model, geneval_metadata_path, tmp_path):
     from unimodal.unified.decoding import sample_seed
 
     meta = _slice(geneval_metadata_path, tmp_path, [0, 400])
-    gen = UnifiedGenerator(model, judge="yes_prob", num_inference_steps=2, batch_size=8)
+    gen = UnifiedGenerator(model, num_inference_steps=2, batch_size=8)
+    assert gen.judge == model.config.judge == "yes_prob"          # the model's own by default
     out = tmp_path / "out"
     summary, code = run_geneval(str(meta), RunOptions(out=str(out), n=5, num_inference_steps=2, progress=False), generator=gen)
     assert code == 0 and summary["counts"]["found"] == 8 and summary["generation"]["generator"]["num_inference_steps"] == 2
@@ -90,3 +91,14 @@ def test_shapes_eval_scores_the_models_images(model, tmp_path):
     scores = summary["scores"]
     assert scores["single"]["total_images"] == scores["best_of_n"]["total_images"] == 8
     assert 0.0 <= scores["best_of_n"]["overall"] <= 1.0 and scores["judge"] == "likelihood"
+
+
+def test_the_generator_judges_by_the_models_own_judge_unless_told(model):
+    saved = model.config
+    try:
+        model.config = saved.replace(judge="likelihood")
+        assert UnifiedGenerator(model).judge == "likelihood"
+        assert UnifiedGenerator(model, judge="yes_prob").judge == "yes_prob"
+        assert UnifiedGenerator(model, judge=None).judge is None
+    finally:
+        model.config = saved

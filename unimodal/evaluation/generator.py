@@ -54,16 +54,18 @@ def tensor_to_pil(image: torch.Tensor) -> Image.Image:
 class UnifiedGenerator:
     """`ImageGenerator` over a `UnifiedModel` and `unimodal.unified.generate.generate_images`."""
 
-    def __init__(self, model, *, judge: str | None = "yes_prob", num_inference_steps: int | None = None,
+    def __init__(self, model, *, judge: str | None = "default", num_inference_steps: int | None = None,
                  guidance_scale: float | None = None, batch_size: int = 16, model_path: str | None = None,
                  backend: str = "torch", vllm_python: str | None = None):
-        """`backend` "vllm" runs the LLM's conditioning and judging on a vLLM engine (started here,
+        """`judge` "default" is the model's own (`UnifiedConfig.judge`); None draws without judging.
+        `backend` "vllm" runs the LLM's conditioning and judging on a vLLM engine (started here,
         stopped by `close`); the DiT and the decoder stay on the model's device."""
         import contextlib
 
         from unimodal.unified.backends import open_reader
         from unimodal.unified.vllm_backend import VllmSettings
 
+        judge = model.config.judge if judge == "default" else judge
         if judge is not None and judge not in JUDGES:
             raise ValueError(f"judge must be one of {list(JUDGES)} or None, got {judge!r}")
         self.model = model.eval()
