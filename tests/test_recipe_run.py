@@ -195,3 +195,4 @@ def test_understand_stage_continues_the_finetuned_model_with_hard_negatives(tmp_
     draw = UnifiedStageConfig.from_dict(recipe.finetune_config("draw", init_from="understand"))
     assert draw.init_from == str(tmp_path / "understand" / "export") and draw.llm_mode == "frozen"
     assert (draw.mix.t2i, draw.mix.caption, draw.mix.judge) == (1.0, 0.0, 0.0)
+    assert recipe.finetune_config("draw") == recipe.finetune_config("draw", init_from="understand")  # the chain's order

@@ -2,7 +2,8 @@
 
 Runs tokenizer -> tiny SigLIP-2 -> tiny Qwen2 -> RAE decoder -> unified pretraining -> finetuning
 -> understanding -> generator (draw) -> held-out evaluation (see `unimodal.shapes.recipe.run`); a
-finished stage is skipped, so the same command resumes. Prints the manifest (per-stage seconds and metrics) as one JSON object last.
+finished stage is skipped, so the same command resumes. Prints the manifest (per-stage seconds and
+metrics) as one JSON object last.
 """
 from __future__ import annotations
 

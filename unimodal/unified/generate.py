@@ -155,11 +155,10 @@ def generate_images(model, prompts: Sequence[str] | str, *, n: int = 1, keep: in
                     verify_on: str | None = None) -> GenerateOutput:
     """`n` candidates per prompt, scored by both judges unless `judge` is None, the best `keep`
     (default all) by `judge` ("default": the model's `judge`) decoded to images (`decode="all"`:
-    the rejected ones too; False: none). The LLM runs once
-    per prompt; only the DiT noise differs. `reader` (`unified.backends.open_reader`) runs the
-    LLM's conditioning and judging pass elsewhere, on vLLM; None runs them here. `verify_on`
-    (default the model's) is what the judges read: "latent" (the candidate itself) or "decoded"
-    (the encoder's latent of its decoded image)."""
+    the rejected ones too; False: none). The LLM runs once per prompt; only the DiT noise differs.
+    `reader` (`unified.backends.open_reader`) runs the LLM's conditioning and judging pass
+    elsewhere, on vLLM; None runs them here. `verify_on` (default the model's) is what the judges
+    read: "latent" (the candidate itself) or "decoded" (the encoder's latent of its decoded image)."""
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     keep = n if keep is None else keep
     judge = model.config.judge if judge == "default" else judge

@@ -44,6 +44,9 @@ log = logging.getLogger("unimodal.recipe")
 
 STAGES = ("tokenizer", "siglip", "decoder", "language", "pretrain", "finetune", "understand", "draw", "assemble",
           "evaluate")
+# The unified stages in order: each after the first continues the one before it (its export), and
+# `assemble` takes the last one's.
+UNIFIED_CHAIN = ("pretrain", "finetune", "understand", "draw")
 # Stage -> the stage that waits for it; started in a child process when reached (see the docstring).
 BACKGROUND = {"decoder": "assemble"}
 
@@ -255,9 +258,11 @@ class Recipe:
                      dict(model=model, dataset="images", data=self._data(p["data"], captions=True),
                           train=merge(p["train"], dict(run_dir=str(self.path("pretrain")))), device=None))
 
-    def finetune_config(self, stage: str = "finetune", init_from: str = "pretrain") -> dict[str, Any]:
-        """A stage of `unimodal.train.finetune` (finetune, understand, draw) from `init_from`'s export."""
+    def finetune_config(self, stage: str = "finetune", init_from: str | None = None) -> dict[str, Any]:
+        """A stage of `unimodal.train.finetune` (finetune, understand, draw) from `init_from`'s export
+        (default: the stage before it in UNIFIED_CHAIN)."""
         p = self.p[stage]
+        init_from = init_from or UNIFIED_CHAIN[UNIFIED_CHAIN.index(stage) - 1]
         return merge({k: v for k, v in p.items() if k not in ("data", "train")},
                      dict(init_from=str(self.path(init_from, "export")), dataset="images",
                           llm_mode=p.get("llm_mode", "full"),
@@ -320,20 +325,19 @@ class Recipe:
 
         return self._train_stage("pretrain", self.pretrain_config(), train)
 
-    def run_finetune(self) -> dict[str, Any]:
+    def _finetune_stage(self, stage: str) -> dict[str, Any]:
         from unimodal.train.finetune import train
 
-        return self._train_stage("finetune", self.finetune_config(), train)
+        return self._train_stage(stage, self.finetune_config(stage), train)
+
+    def run_finetune(self) -> dict[str, Any]:
+        return self._finetune_stage("finetune")
 
     def run_understand(self) -> dict[str, Any]:
-        from unimodal.train.finetune import train
-
-        return self._train_stage("understand", self.finetune_config("understand", init_from="finetune"), train)
+        return self._finetune_stage("understand")
 
     def run_draw(self) -> dict[str, Any]:
-        from unimodal.train.finetune import train
-
-        return self._train_stage("draw", self.finetune_config("draw", init_from="understand"), train)
+        return self._finetune_stage("draw")
 
     def run_evaluate(self) -> dict[str, Any]:
         from unimodal.shapes.recipe.evaluate import RecipeEvalConfig, evaluate_model
@@ -342,7 +346,7 @@ class Recipe:
         return evaluate_model(self.path("model"), self.path("eval"), self.shapes, ecfg, progress=self.progress)
 
     def run_assemble(self) -> dict[str, Any]:
-        assemble_model(self.path("draw", "export"), self.path("decoder", "export"), self.path("model"),
+        assemble_model(self.path(UNIFIED_CHAIN[-1], "export"), self.path("decoder", "export"), self.path("model"),
                        **self.p["assemble"])
         return {"model_dir": str(self.path("model"))}
 
