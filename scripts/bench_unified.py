@@ -6,8 +6,8 @@
 The model is the shipped one (it has the recipe's sizes); the settings are the recipe's pretrain
 stage (`RECIPE_PRESETS["full"]["pretrain"]`). Measured, each the median of `--repeats` runs after
 one warm-up:
-- `train_step`: one optimiser step as `unimodal train pretrain` takes it: the frozen encoder on the
-  batch's Shapes scenes, a task draw (text-to-image / caption / judge), the joint loss with
+- `train_step`: one optimiser step as `unimodal train pretrain` takes it (in bf16 autocast when the
+  preset's `train.bf16` says so): the frozen encoder on the batch's Shapes scenes, a task draw (text-to-image / caption / judge), the joint loss with
   `fm_repeats` noise draws per target, backward, the engine's AdamW (`TrainEngine`), the EMA update;
 - `best_of_n`: `generate_images(n, keep=1)` with the model's own sampler (steps, guidance), judged by
   the model and decoded;
@@ -98,7 +98,7 @@ def main(argv=None) -> dict:
     model = load().to(args.device)
     configure_trainable(model, "full")
     groups = param_groups(model, llm_lr=stage["llm_lr"], dit_lr=stage["dit_lr"])
-    tc = TrainConfig(**{k: v for k, v in stage["train"].items() if k in ("total_steps", "lr", "min_lr", "warmup_steps")},
+    tc = TrainConfig(**{k: v for k, v in stage["train"].items() if k in ("total_steps", "lr", "min_lr", "warmup_steps", "bf16")},
                      batch_size=batch_size)
     engine = TrainEngine(JointLoss(model, shift=model.config.shift, fm_repeats=fm_repeats), tc, groups,
                          dist=DistInfo(device=torch.device(args.device)))
@@ -108,7 +108,8 @@ def main(argv=None) -> dict:
 
     def train_step():
         latents = model.encode_images(pixels)
-        out = engine(make_batch(model.chat, captions, mix, rng).to(args.device), latents)
+        with engine.autocast():
+            out = engine(make_batch(model.chat, captions, mix, rng).to(args.device), latents)
         engine.backward(out.loss)
         engine.step()
         ema.update(model)
@@ -118,7 +119,7 @@ def main(argv=None) -> dict:
         "unimodal": str(Path(unimodal.__file__).parent), "model": "tiny" if args.tiny else args.model, "device": args.device, "threads": torch.get_num_threads(),
         "inference_dtype": args.dtype,
         "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3), "repeats": args.repeats,
-        "train_batch": batch_size, "fm_repeats": fm_repeats, "train_step_ms": round(train * 1e3, 1),
+        "train_batch": batch_size, "fm_repeats": fm_repeats, "train_bf16": tc.bf16, "train_step_ms": round(train * 1e3, 1),
         "train_images_per_s": round(batch_size / train, 2),
         "best_of_n": args.n, "best_of_n_ms": round(best * 1e3, 1), "best_of_n_images_per_s": round(args.n / best, 2),
         "num_inference_steps": steps or model.config.num_inference_steps, "guidance_scale": model.config.guidance_scale,

@@ -43,7 +43,7 @@ def test_caption_parser_accepts_every_exact_caption_and_rejects_wrong_ones():
 def test_wall_seconds_counts_the_background_decoder_only_where_it_outlasts_the_others():
     from unimodal.shapes.recipe.run import wall_seconds
 
-    base = {"tokenizer": 1.0, "siglip": 10.0, "language": 5.0, "pretrain": 20.0, "finetune": 10.0,
+    base = {"tokenizer": 1.0, "siglip": 10.0, "language": 5.0, "pretrain": 20.0, "understand": 10.0,
             "assemble": 1.0, "evaluate": 4.0}
     assert wall_seconds({**base, "decoder": 30.0}, parallel=True) == 51.0       # hidden behind 35 s
     assert wall_seconds({**base, "decoder": 50.0}, parallel=True) == 66.0       # outlasts them by 15 s
@@ -166,8 +166,8 @@ def test_gpu_preset_builds_the_16x16_token_experiment(tmp_path):
 
 
 def test_full_preset_trains_a_dit_dh_whose_head_is_as_wide_as_the_latent_needs(tmp_path):
-    """The shipped recipe's DiT is DiT^DH (RAE section 5); the finetune stage inherits it from the
-    pretrain export, so only the pretrain config names it."""
+    """The shipped recipe's DiT is DiT^DH (RAE section 5); the later unified stages inherit it from
+    the pretrain export, so only the pretrain config names it."""
     from unimodal.shapes.recipe.run import Recipe
     from unimodal.train.pretrain import UnifiedStageConfig
 
@@ -177,22 +177,23 @@ def test_full_preset_trains_a_dit_dh_whose_head_is_as_wide_as_the_latent_needs(t
 
 
 @pytest.mark.parametrize("preset", ["full", "quick"])
-def test_understand_stage_continues_the_finetuned_model_with_hard_negatives(tmp_path, preset):
-    """Stage (f') starts from the finetune export, asks the judge about shape twins and keeps
-    text-to-image in the mix (so the LLM still conditions the DiT); (f'') then trains the
-    generator alone on the frozen LLM, and is what assemble installs."""
-    from unimodal.shapes.recipe.run import STAGES, Recipe
+def test_understand_stage_continues_the_pretrained_model_with_hard_negatives(tmp_path, preset):
+    """Stage (f) starts from the pretrain export, asks the judge about shape twins and keeps
+    text-to-image in the mix (so the LLM still conditions the DiT); (g) then trains the generator
+    alone on the frozen LLM, and is what assemble installs. Every unified stage trains in bf16."""
+    from unimodal.shapes.recipe.run import STAGES, UNIFIED_CHAIN, Recipe
     from unimodal.train.pretrain import UnifiedStageConfig
 
     recipe = Recipe(tmp_path, preset)
-    cfg = UnifiedStageConfig.from_dict(recipe.finetune_config("understand", init_from="finetune"))
-    assert cfg.init_from == str(tmp_path / "finetune" / "export") and cfg.train.run_dir == str(tmp_path / "understand")
+    cfg = UnifiedStageConfig.from_dict(recipe.finetune_config("understand"))
+    assert cfg.init_from == str(tmp_path / "pretrain" / "export") and cfg.train.run_dir == str(tmp_path / "understand")
     assert cfg.mix.hard_negative > 0 and cfg.mix.t2i > 0 and cfg.mix.caption + cfg.mix.judge > cfg.mix.t2i
-    assert cfg.data.source == "shapes" and cfg.data.shapes_captions == "mixed"
-    assert STAGES.index("finetune") < STAGES.index("understand") < STAGES.index("draw") < STAGES.index("assemble")
-    assert UnifiedStageConfig.from_dict(recipe.finetune_config()).mix.hard_negative == 0.0   # v5's stages, unchanged
-    assert (cfg.llm_mode, UnifiedStageConfig.from_dict(recipe.finetune_config()).llm_mode) == ("full", "full")
-    draw = UnifiedStageConfig.from_dict(recipe.finetune_config("draw", init_from="understand"))
+    assert cfg.data.source == "shapes" and cfg.data.shapes_captions == "mixed" and cfg.llm_mode == "full"
+    assert UNIFIED_CHAIN == ("pretrain", "understand", "draw")
+    assert STAGES.index("pretrain") < STAGES.index("understand") < STAGES.index("draw") < STAGES.index("assemble")
+    draw = UnifiedStageConfig.from_dict(recipe.finetune_config("draw"))
     assert draw.init_from == str(tmp_path / "understand" / "export") and draw.llm_mode == "frozen"
     assert (draw.mix.t2i, draw.mix.caption, draw.mix.judge) == (1.0, 0.0, 0.0)
-    assert recipe.finetune_config("draw") == recipe.finetune_config("draw", init_from="understand")  # the chain's order
+    assert UnifiedStageConfig.from_dict(recipe.pretrain_config()).train.bf16 and cfg.train.bf16 and draw.train.bf16
+    with pytest.raises(ValueError):
+        recipe.finetune_config("pretrain")   # the chain's first stage has its own config (pretrain_config)

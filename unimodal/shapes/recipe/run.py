@@ -6,19 +6,18 @@ Stages, each writing under `root`:
   (c) language    tiny Qwen2 LM on captions + ChatML                 recipe.language
   (d) decoder     RAE ViT decoder on the frozen tiny SigLIP-2        unimodal.train.decoder
   (e) pretrain    unified t2i + captioning + judging                 unimodal.train.pretrain
-  (f) finetune    the same loop on GenEval-style captions only       unimodal.train.finetune
-  (f') understand the same loop weighted to captions and judging,     unimodal.train.finetune
+  (f) understand  the same loop weighted to captions and judging,    unimodal.train.finetune
                   the judge's "no" on hard negatives (one shape off)
-  (f'') draw      the same loop, text-to-image only, the LLM frozen     unimodal.train.finetune
+  (g) draw        the same loop, text-to-image only, the LLM frozen  unimodal.train.finetune
                   (MetaQuery): more DiT samples for the generator
       assemble    `root/model`: the last unified stage's model with the decoder stage's RAE (`assemble_model`),
                   its best-of-N judge (`judge`) and what that judge reads (`verify_on`)
-  (g) evaluate    ShapesEval (1 sample, best-of-N), captions, judge, PSNR   recipe.evaluate
-  (h) manifest    `root/model/MANIFEST.json` (config, command, commit, stage times, metrics)
+  (h) evaluate    ShapesEval (1 sample, best-of-N), captions, judge, PSNR   recipe.evaluate
+  (i) manifest    `root/model/MANIFEST.json` (config, command, commit, stage times, metrics)
 A stage whose marker `root/markers/<stage>.json` exists is skipped, so rerunning the command
-resumes; stages (d)-(f) also resume mid-way from their own checkpoints. Markers hold the stage's
+resumes; stages (d)-(g) also resume mid-way from their own checkpoints. Markers hold the stage's
 wall time and metrics. The decoder (d) needs only the frozen encoder and nothing before `assemble`
-needs it, so it trains in a child process (the second core) while (c), (e) and (f) run here; the
+needs it, so it trains in a child process (the second core) while (c) and (e)-(g) run here; the
 threads are split between the two while both run, and the next stage here takes them all back once
 the child has ended (`parallel=False` runs everything in order).
 Presets below are overrides of each stage's own config class, so every key is checked (unknown
@@ -42,11 +41,10 @@ from unimodal.shapes.config import ShapesConfig
 
 log = logging.getLogger("unimodal.recipe")
 
-STAGES = ("tokenizer", "siglip", "decoder", "language", "pretrain", "finetune", "understand", "draw", "assemble",
-          "evaluate")
+STAGES = ("tokenizer", "siglip", "decoder", "language", "pretrain", "understand", "draw", "assemble", "evaluate")
 # The unified stages in order: each after the first continues the one before it (its export), and
 # `assemble` takes the last one's.
-UNIFIED_CHAIN = ("pretrain", "finetune", "understand", "draw")
+UNIFIED_CHAIN = ("pretrain", "understand", "draw")
 # Stage -> the stage that waits for it; started in a child process when reached (see the docstring).
 BACKGROUND = {"decoder": "assemble"}
 
@@ -90,13 +88,7 @@ _FULL: dict[str, dict[str, Any]] = {
                    connector_depth=1, num_inference_steps=25, guidance_scale=3.0),
         mix=dict(t2i=0.6, caption=0.25, judge=0.15), llm_lr=1e-3, dit_lr=2e-3, fm_repeats=4,
         data=dict(synthetic_images=80000, shapes_captions="mixed"),
-        train=dict(total_steps=8000, batch_size=16, lr=1e-3, min_lr=1e-4, warmup_steps=30, ema_decay=0.995,
-                   log_every=50, ckpt_every=200, sample_every=0)),
-    "finetune": dict(
-        # On the GenEval-phrased subset the DiT gets most of the updates.
-        mix=dict(t2i=0.7, caption=0.1, judge=0.2), llm_lr=3e-4, dit_lr=1e-3, fm_repeats=4,
-        data=dict(synthetic_images=80000, shapes_captions="geneval"),
-        train=dict(total_steps=2400, batch_size=16, lr=1e-3, min_lr=5e-5, warmup_steps=20, ema_decay=0.995,
+        train=dict(bf16=True, total_steps=8000, batch_size=16, lr=1e-3, min_lr=1e-4, warmup_steps=30, ema_decay=0.995,
                    log_every=50, ckpt_every=200, sample_every=0)),
     "understand": dict(
         # The understanding side trains on top of the generator: captions and judge questions take
@@ -107,7 +99,7 @@ _FULL: dict[str, dict[str, Any]] = {
         # the LLM's query states keep conditioning the DiT (without it v5's samples fell 0.19 -> 0.12).
         mix=dict(t2i=0.3, caption=0.35, judge=0.35, hard_negative=0.5), llm_lr=1e-3, dit_lr=1e-3, fm_repeats=4,
         data=dict(synthetic_images=80000, shapes_captions="mixed"),
-        train=dict(total_steps=1000, batch_size=32, lr=1e-3, min_lr=1e-4, warmup_steps=20, ema_decay=0.995,
+        train=dict(bf16=True, total_steps=1000, batch_size=32, lr=1e-3, min_lr=1e-4, warmup_steps=20, ema_decay=0.995,
                    log_every=50, ckpt_every=200, sample_every=0)),
     "draw": dict(
         # The generator was still learning: trained further on the frozen LLM's query states (the
@@ -116,7 +108,7 @@ _FULL: dict[str, dict[str, Any]] = {
         # (MODEL_CARD). About 40 minutes on 2 cores: the stage that takes the recipe past 2 hours.
         mix=dict(t2i=1.0, caption=0.0, judge=0.0), llm_mode="frozen", llm_lr=1e-4, dit_lr=5e-4, fm_repeats=4,
         data=dict(synthetic_images=80000, shapes_captions="geneval"),
-        train=dict(total_steps=1500, batch_size=32, lr=5e-4, min_lr=1e-4, warmup_steps=20, ema_decay=0.995,
+        train=dict(bf16=True, total_steps=1500, batch_size=32, lr=5e-4, min_lr=1e-4, warmup_steps=20, ema_decay=0.995,
                    log_every=50, ckpt_every=200, sample_every=0)),
     # The judge reads each candidate's decoded image re-encoded (`verify_on`), through the decoder
     # installed here: on v6's candidates that lifted every best-of-N pick, and the prompt's
@@ -142,8 +134,6 @@ _GPU: dict[str, dict[str, Any]] = merge(_FULL, {
         llm_lr=1e-3, dit_lr=1e-3,
         train=dict(total_steps=1000, batch_size=64, warmup_steps=60, ema_decay=0.999, log_every=100, ckpt_every=500,
                    num_workers=6)),
-    "finetune": dict(dit_lr=5e-4, train=dict(total_steps=500, batch_size=64, ema_decay=0.999, log_every=100,
-                                             ckpt_every=500, num_workers=6)),
     "understand": dict(train=dict(num_workers=6)),
     "draw": dict(train=dict(num_workers=6)),
 })
@@ -165,22 +155,17 @@ _QUICK: dict[str, dict[str, Any]] = {
                             head_num_heads=2), num_inference_steps=4, guidance_scale=1.0),
         mix=dict(t2i=0.5, caption=0.3, judge=0.2), llm_lr=3e-3, dit_lr=3e-3,
         data=dict(synthetic_images=64, shapes_captions="mixed"),
-        train=dict(total_steps=8, batch_size=8, lr=3e-3, min_lr=3e-4, warmup_steps=1, log_every=4, ckpt_every=4,
-                   sample_every=0)),
-    "finetune": dict(
-        mix=dict(t2i=0.6, caption=0.2, judge=0.2), llm_lr=1e-3, dit_lr=1e-3,
-        data=dict(synthetic_images=64, shapes_captions="geneval"),
-        train=dict(total_steps=4, batch_size=8, lr=1e-3, min_lr=1e-4, warmup_steps=1, log_every=2, ckpt_every=4,
+        train=dict(bf16=True, total_steps=8, batch_size=8, lr=3e-3, min_lr=3e-4, warmup_steps=1, log_every=4, ckpt_every=4,
                    sample_every=0)),
     "understand": dict(
         mix=dict(t2i=0.3, caption=0.35, judge=0.35, hard_negative=0.5), llm_lr=1e-3, dit_lr=1e-3,
         data=dict(synthetic_images=64, shapes_captions="mixed"),
-        train=dict(total_steps=4, batch_size=8, lr=1e-3, min_lr=1e-4, warmup_steps=1, log_every=2, ckpt_every=4,
+        train=dict(bf16=True, total_steps=4, batch_size=8, lr=1e-3, min_lr=1e-4, warmup_steps=1, log_every=2, ckpt_every=4,
                    sample_every=0)),
     "draw": dict(
         mix=dict(t2i=1.0, caption=0.0, judge=0.0), llm_mode="frozen", llm_lr=1e-4, dit_lr=5e-4,
         data=dict(synthetic_images=64, shapes_captions="geneval"),
-        train=dict(total_steps=4, batch_size=8, lr=5e-4, min_lr=1e-4, warmup_steps=1, log_every=2, ckpt_every=4,
+        train=dict(bf16=True, total_steps=4, batch_size=8, lr=5e-4, min_lr=1e-4, warmup_steps=1, log_every=2, ckpt_every=4,
                    sample_every=0)),
     "assemble": dict(verify_on="decoded", judge="likelihood"),
     "evaluate": dict(prompts_per_tag=1, n=2, caption_scenes=4, psnr_images=4),
@@ -258,9 +243,11 @@ class Recipe:
                      dict(model=model, dataset="images", data=self._data(p["data"], captions=True),
                           train=merge(p["train"], dict(run_dir=str(self.path("pretrain")))), device=None))
 
-    def finetune_config(self, stage: str = "finetune", init_from: str | None = None) -> dict[str, Any]:
-        """A stage of `unimodal.train.finetune` (finetune, understand, draw) from `init_from`'s export
-        (default: the stage before it in UNIFIED_CHAIN)."""
+    def finetune_config(self, stage: str, init_from: str | None = None) -> dict[str, Any]:
+        """A unified stage after pretraining (understand, draw), run by `unimodal.train.finetune`,
+        from `init_from`'s export (default: the stage before it in UNIFIED_CHAIN)."""
+        if stage not in UNIFIED_CHAIN[1:]:
+            raise ConfigError(f"{stage!r} is not a unified stage after pretraining; those are {UNIFIED_CHAIN[1:]}")
         p = self.p[stage]
         init_from = init_from or UNIFIED_CHAIN[UNIFIED_CHAIN.index(stage) - 1]
         return merge({k: v for k, v in p.items() if k not in ("data", "train")},
@@ -329,9 +316,6 @@ class Recipe:
         from unimodal.train.finetune import train
 
         return self._train_stage(stage, self.finetune_config(stage), train)
-
-    def run_finetune(self) -> dict[str, Any]:
-        return self._finetune_stage("finetune")
 
     def run_understand(self) -> dict[str, Any]:
         return self._finetune_stage("understand")
