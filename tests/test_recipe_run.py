@@ -85,6 +85,48 @@ def test_the_next_stage_takes_the_background_childs_threads_back_once_it_has_end
     assert seen == {"pretrain": pretrain_threads, "assemble": 2}
 
 
+def test_a_stage_started_beside_the_child_takes_its_threads_back_between_steps(tmp_path, monkeypatch):
+    from unimodal.shapes.recipe.run import Recipe, _TakeThreadsBack
+
+    recipe = Recipe(tmp_path, "quick", progress=False)
+    alive = [True]
+
+    class Child:
+        pid, exitcode = 0, 0
+
+        def is_alive(self):
+            return alive[0]
+
+        def join(self):
+            pass
+
+    def start(stage, threads):
+        recipe._write_marker(stage, 1.0, {})
+        return Child()
+
+    seen = []
+
+    def pretrain():
+        hook = _TakeThreadsBack(recipe)
+        hook.after_step(None)                 # the decoder's child still runs: half the threads
+        seen.append(torch.get_num_threads())
+        alive[0] = False
+        hook.after_step(None)                 # it has ended: all of them, from the next step on
+        seen.append(torch.get_num_threads())
+        return {}
+
+    monkeypatch.setattr(recipe, "_start", start)
+    monkeypatch.setattr(recipe, "run_pretrain", pretrain)
+    monkeypatch.setattr(recipe, "run_assemble", lambda: {})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        recipe.run(("decoder", "pretrain", "assemble"))   # the child starts only when its waiter is to run
+    finally:
+        torch.set_num_threads(threads)
+    assert seen == [1, 2]
+
+
 @pytest.mark.slow
 def test_quick_recipe_end_to_end_and_resume(tmp_path):
     from unimodal.shapes.recipe.run import STAGES, main

@@ -89,12 +89,17 @@ def test_non_finite_gradients_skip_the_update():
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_bf16_autocast_context():
+def test_bf16_autocast_context_runs_attention_on_the_cpu_math_kernel():
     model = toy()
     engine = TrainEngine(model, TrainConfig(bf16=True))
+    flash = torch.backends.cuda.flash_sdp_enabled   # the backend switches that sdpa_kernel sets, CPU included
     with engine.autocast():
         assert engine(torch.randn(2, 6)).dtype == torch.bfloat16
-    assert TrainEngine(toy(), TrainConfig()).module(torch.randn(2, 6)).dtype == torch.float32
+        assert not flash() and torch.backends.cuda.math_sdp_enabled()
+    assert flash()
+    fp32 = TrainEngine(toy(), TrainConfig())
+    with fp32.autocast():
+        assert fp32.module(torch.randn(2, 6)).dtype == torch.float32 and flash()
 
 
 def test_deepspeed_config_is_filled_from_train_config():

@@ -13,12 +13,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from unimodal.config import ConfigError, load_config
-from unimodal.train.pretrain import UnifiedStageConfig, run_stage
+from unimodal.train.pretrain import StageHooks, UnifiedStageConfig, run_stage
 
 
-def train(config_path: str | None, overrides: list[str] = (), deepspeed_config: str | None = None) -> Path:
+def train(config_path: str | None, overrides: list[str] = (), deepspeed_config: str | None = None,
+          hooks: StageHooks | None = None) -> Path:
     cfg = load_config(UnifiedStageConfig, config_path, overrides)
     if cfg.init_from is None:
         raise ConfigError("finetune starts from a saved model: set init_from to a unified model directory "
                           "(e.g. runs/unified_tiny/export)")
-    return run_stage(cfg, deepspeed_config, stage="finetune")
+    return run_stage(cfg, deepspeed_config, stage="finetune", hooks=hooks)

@@ -145,9 +145,10 @@ def build_model(cfg: UnifiedStageConfig) -> UnifiedModel:
     return UnifiedModel.from_config(cfg.model, tokenizer=tokenizer)
 
 
-def train(config_path: str | None, overrides: list[str] = (), deepspeed_config: str | None = None) -> Path:
+def train(config_path: str | None, overrides: list[str] = (), deepspeed_config: str | None = None,
+          hooks: StageHooks | None = None) -> Path:
     cfg = load_config(UnifiedStageConfig, config_path, overrides)
-    return run_stage(cfg, deepspeed_config, stage="pretrain")
+    return run_stage(cfg, deepspeed_config, stage="pretrain", hooks=hooks)
 
 
 def run_stage(cfg: UnifiedStageConfig, deepspeed_config: str | None, stage: str,

@@ -38,6 +38,7 @@ from typing import Any, Callable
 from unimodal.config import ConfigError, atomic_write_text
 from unimodal.dit.flow import dimension_shift
 from unimodal.shapes.config import ShapesConfig
+from unimodal.train.pretrain import StageHooks, StepInfo
 
 log = logging.getLogger("unimodal.recipe")
 
@@ -191,6 +192,8 @@ class Recipe:
         self.stage_preset = "quick" if preset == "quick" else "full"   # the stages' own preset tables
         self.shapes = ShapesConfig()   # the default world: 64 px, GenEval colours, 5 shapes
         self.markers = self.root / "markers"
+        self._children: dict[str, Any] = {}   # background stage -> its running child process
+        self._threads = 0                      # this process's threads when no child runs (set by `run`)
 
     # -- paths ------------------------------------------------------------------------------
     def path(self, *parts: str) -> Path:
@@ -285,15 +288,15 @@ class Recipe:
             train=merge(self.p["language"].get("train", {}), dict(run_dir=str(self.path("lm")))))))
         return train_language(cfg, progress=self.progress).metrics
 
-    def _train_stage(self, name: str, config: dict[str, Any], train_fn: Callable) -> dict[str, Any]:
-        """Write the stage's YAML config and run its `train(path, overrides)`."""
+    def _train_stage(self, name: str, config: dict[str, Any], train_fn: Callable, **kwargs: Any) -> dict[str, Any]:
+        """Write the stage's YAML config and run its `train(path, overrides, **kwargs)`."""
         import yaml
 
         cfg_path = self.path("configs", f"{name}.yaml")
         cfg_path.parent.mkdir(parents=True, exist_ok=True)
         # YAML, not JSON: YAML 1.1 reads JSON's "1e-12" as a string, yaml.safe_dump writes "1.0e-12".
         atomic_write_text(cfg_path, yaml.safe_dump(config, sort_keys=False))
-        export = train_fn(str(cfg_path), [])
+        export = train_fn(str(cfg_path), [], **kwargs)
         rows = [json.loads(t) for t in (Path(config["train"]["run_dir"]) / "metrics.jsonl").read_text().splitlines()
                 if t.strip()]
         last: dict[str, Any] = {}
@@ -310,12 +313,12 @@ class Recipe:
     def run_pretrain(self) -> dict[str, Any]:
         from unimodal.train.pretrain import train
 
-        return self._train_stage("pretrain", self.pretrain_config(), train)
+        return self._train_stage("pretrain", self.pretrain_config(), train, hooks=_TakeThreadsBack(self))
 
     def _finetune_stage(self, stage: str) -> dict[str, Any]:
         from unimodal.train.finetune import train
 
-        return self._train_stage(stage, self.finetune_config(stage), train)
+        return self._train_stage(stage, self.finetune_config(stage), train, hooks=_TakeThreadsBack(self))
 
     def run_understand(self) -> dict[str, Any]:
         return self._finetune_stage("understand")
@@ -391,14 +394,13 @@ class Recipe:
         self.root.mkdir(parents=True, exist_ok=True)
         if not self.shapes_json.is_file():
             self.shapes.save_json(self.shapes_json)
-        threads = torch.get_num_threads()
-        children: dict[str, Any] = {}
+        threads = self._threads = torch.get_num_threads()
+        children = self._children
         try:
             for k, stage in enumerate(stages, 1):
                 for bg in [b for b, until in BACKGROUND.items() if until == stage and b in children]:
                     self._join(bg, children.pop(bg))
-                if not any(child.is_alive() for child in children.values()):
-                    torch.set_num_threads(threads)   # no background stage is running: every core is ours
+                self.take_threads_back()
                 done = self.marker(stage) or self._adopt(stage)
                 if done is not None:
                     log.info(f"[recipe {k}/{len(stages)}] {stage}: done ({done['seconds']:.0f} s), skipped")
@@ -428,6 +430,15 @@ class Recipe:
             log.info(f"[recipe] model: {info['model_dir']} ({info['size_bytes'] / 1e6:.1f} MB) with MANIFEST.json")
         return self.manifest()
 
+    def take_threads_back(self) -> None:
+        """Once no background stage is running, every core is this process's again."""
+        import torch
+
+        if self._threads and torch.get_num_threads() != self._threads and \
+                not any(child.is_alive() for child in self._children.values()):
+            torch.set_num_threads(self._threads)
+            log.info(f"[recipe] no background stage running: {self._threads} threads here again")
+
     def _start(self, stage: str, threads: int):
         import multiprocessing
 
@@ -444,6 +455,17 @@ class Recipe:
             raise RuntimeError(f"recipe stage {stage} failed in its child process (exit code {child.exitcode}); "
                                f"see {self.root / stage} and rerun the command to resume it")
         log.info(f"[recipe] {stage}: finished in {rec['seconds']:.0f} s {json.dumps(_short(rec['metrics']))}")
+
+
+class _TakeThreadsBack(StageHooks):
+    """A unified stage that started beside the decoder's child process takes the child's threads
+    back after the first step that finds it ended, instead of keeping half the cores to its end."""
+
+    def __init__(self, recipe: Recipe):
+        self.recipe = recipe
+
+    def after_step(self, info: StepInfo) -> None:
+        self.recipe.take_threads_back()
 
 
 def _run_in_child(root: str, preset: str, stage: str, threads: int) -> None:
