@@ -1,14 +1,16 @@
 """Throughput of the unified model at the Shapes recipe's sizes; the last stdout line is one JSON object.
 
-    python scripts/bench_unified.py [--model models/shapes] [--repeats 5] [--threads 2] [--device cpu]
+    python scripts/bench_unified.py [--model models/shapes] [--stage pretrain|understand|draw] [--repeats 5] [--threads 2]
     python scripts/bench_unified.py --tiny        # unified.testing's tiny model, seconds (for tests)
 
-The model is the shipped one (it has the recipe's sizes); the settings are the recipe's pretrain
-stage (`RECIPE_PRESETS["full"]["pretrain"]`). Measured, each the median of `--repeats` runs after
+The model is the shipped one (it has the recipe's sizes); the training settings are those of one
+unified stage of the recipe (`RECIPE_PRESETS["full"][STAGE]`: batch, task mix, noise draws,
+trainable LLM, precision; default pretrain, where most of the recipe's time goes). Measured, each the median of `--repeats` runs after
 one warm-up:
-- `train_step`: one optimiser step as `unimodal train pretrain` takes it (in bf16 autocast when the
-  preset's `train.bf16` says so): the frozen encoder on the batch's Shapes scenes, a task draw (text-to-image / caption / judge), the joint loss with
-  `fm_repeats` noise draws per target, backward, the engine's AdamW (`TrainEngine`), the EMA update;
+- `train_step`: one optimiser step as the stage's loop takes it, in the preset's precision
+  (`train.bf16`; `TrainEngine.autocast`): the frozen encoder on the batch's Shapes scenes, a task
+  draw (text-to-image / caption / judge), the joint loss with `fm_repeats` noise draws per target,
+  backward, the engine's AdamW (`TrainEngine`), the EMA update;
 - `best_of_n`: `generate_images(n, keep=1)` with the model's own sampler (steps, guidance), judged by
   the model and decoded;
 - `caption`: 16 new tokens for one scene.
@@ -44,6 +46,8 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="models/shapes", help="a unified model directory with the recipe's sizes")
     parser.add_argument("--tiny", action="store_true", help="unified.testing's tiny model and small settings")
+    parser.add_argument("--stage", default="pretrain", choices=["pretrain", "understand", "draw"],
+                        help="the recipe stage whose training settings the train step takes")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--n", type=int, default=8, help="candidates of the best-of-n generation")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -69,7 +73,7 @@ def main(argv=None) -> dict:
     from unimodal.unified.trainable import configure_trainable, param_groups
     from unimodal.utils.distributed import DistInfo
 
-    stage = RECIPE_PRESETS["full"]["pretrain"]
+    stage = RECIPE_PRESETS["full"][args.stage]
     if args.tiny:
         from unimodal.unified.testing import tiny_model
 
@@ -96,7 +100,7 @@ def main(argv=None) -> dict:
     cap = timed(lambda: caption(model, images=pixels[:1], max_new_tokens=16), args.repeats)
 
     model = load().to(args.device)
-    configure_trainable(model, "full")
+    configure_trainable(model, stage.get("llm_mode", "full"))
     groups = param_groups(model, llm_lr=stage["llm_lr"], dit_lr=stage["dit_lr"])
     tc = TrainConfig(**{k: v for k, v in stage["train"].items() if k in ("total_steps", "lr", "min_lr", "warmup_steps", "bf16")},
                      batch_size=batch_size)
@@ -116,7 +120,7 @@ def main(argv=None) -> dict:
 
     train = timed(train_step, args.repeats)
     result = {
-        "unimodal": str(Path(unimodal.__file__).parent), "model": "tiny" if args.tiny else args.model, "device": args.device, "threads": torch.get_num_threads(),
+        "unimodal": str(Path(unimodal.__file__).parent), "model": "tiny" if args.tiny else args.model, "stage": args.stage, "device": args.device, "threads": torch.get_num_threads(),
         "inference_dtype": args.dtype,
         "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3), "repeats": args.repeats,
         "train_batch": batch_size, "fm_repeats": fm_repeats, "train_bf16": tc.bf16, "train_step_ms": round(train * 1e3, 1),

@@ -1,6 +1,5 @@
 """ShapesEval prompts: GenEval's metadata format, deterministic hold-out split, renders per line."""
 import json
-from pathlib import Path
 
 import pytest
 

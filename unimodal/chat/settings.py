@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-from pathlib import Path
 
 from unimodal.config import Config, ConfigError
 from unimodal.limits import MAX_CANDIDATES, MAX_STEPS

@@ -1,7 +1,7 @@
 """`unimodal recipe shapes [--preset full|gpu|quick] [--root DIR] [--publish DIR]`: the whole Shapes recipe, resumable.
 
-Runs tokenizer -> tiny SigLIP-2 -> tiny Qwen2 -> RAE decoder -> unified pretraining -> finetuning
--> understanding -> generator (draw) -> held-out evaluation (see `unimodal.shapes.recipe.run`); a
+Runs tokenizer -> tiny SigLIP-2 -> tiny Qwen2 -> RAE decoder -> unified pretraining -> understanding
+-> generator (draw) -> held-out evaluation (see `unimodal.shapes.recipe.run`); a
 finished stage is skipped, so the same command resumes. Prints the manifest (per-stage seconds and
 metrics) as one JSON object last.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("recipe", help="train a whole model from scratch on a built-in world")
     worlds = p.add_subparsers(dest="world", metavar="WORLD", required=True)
-    s = worlds.add_parser("shapes", help="the Shapes world from scratch: ~2 h 40 min on 2 CPU cores (full); gpu is the "
+    s = worlds.add_parser("shapes", help="the Shapes world from scratch: ~1 h 50 min on 2 CPU cores (full); gpu is the "
                           "16 x 16-token experiment of MODEL_CARD (~5 minutes on one H200); quick takes ~1 minute")
     s.add_argument("--preset", default="full", choices=["full", "gpu", "quick"],
                    help="sizes and step counts (unimodal.shapes.recipe.run.RECIPE_PRESETS; default full, "

@@ -160,7 +160,7 @@ def finetune(cfg: FinetuneConfig, deepspeed_config: str | None = None) -> Finetu
                 break
             except Diverged as e:
                 event = e.event
-            except NonFiniteLossError as e:
+            except NonFiniteLossError:
                 if not cfg.divergence.enabled:
                     raise
                 step = hooks.last_step + 1

@@ -74,7 +74,7 @@ class Session:
     def assistant(self, *, max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
                   allow_images: bool = True, max_images: int = 4, generator: torch.Generator | None = None) -> Turn:
         """Let the model answer; it may draw (up to `max_images`) by emitting <|vision_start|>."""
-        chat, model = self.model.chat, self.model
+        chat = self.model.chat
         self._feed_ids([chat.im_start] + chat.text("assistant\n"))
         ids: list[int] = []
         latents, seeds = [], []

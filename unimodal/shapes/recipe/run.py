@@ -57,8 +57,10 @@ def merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-# Full: about 2 h 40 min on 2 CPU cores (latents 8 x 8 tokens x 96 channels, 64 px images; MODEL_CARD);
-# without (f'') draw about 2 hours, the issue's budget, with a generator 0.05 weaker.
+# Full: about 1 h 50 min on 2 CPU cores, measured from scratch (latents 8 x 8 tokens x 96 channels, 64 px
+# images; MODEL_CARD). The unified stages train in bf16 autocast (`train.bf16`; on a CPU with torch's
+# math attention kernel, `TrainEngine.autocast`): 1.2x the fp32 step in pretraining, 1.5x in draw,
+# whose batches are all DiT work (scripts/bench_unified.py, MODEL_CARD).
 _FULL: dict[str, dict[str, Any]] = {
     "tokenizer": {},
     "siglip": dict(vision_hidden_size=96, vision_layers=3, vision_heads=4, vision_mlp=384, text_hidden_size=96,
@@ -92,6 +94,8 @@ _FULL: dict[str, dict[str, Any]] = {
         train=dict(bf16=True, total_steps=8000, batch_size=16, lr=1e-3, min_lr=1e-4, warmup_steps=30, ema_decay=0.995,
                    log_every=50, ckpt_every=200, sample_every=0)),
     "understand": dict(
+        # Continues pretraining directly: v5's finetuning stage between the two (2,400 steps on
+        # GenEval-style captions, ~22 minutes) changed its scores within the noise (MODEL_CARD).
         # The understanding side trains on top of the generator: captions and judge questions take
         # 70% of the items (the unified stages gave them 30-40%, and a fresh LLM of this size, taught
         # captions alone, reads these latents at 0.8 where the joint stages reached 0.5, MODEL_CARD);
@@ -106,7 +110,7 @@ _FULL: dict[str, dict[str, Any]] = {
         # The generator was still learning: trained further on the frozen LLM's query states (the
         # understanding side keeps what `understand` taught it), v6's DiT drew the asked scene in
         # 0.18 -> 0.21 -> 0.24 -> 0.25 of its samples after 0 / 500 / 1,000 / 1,500 more steps of 32
-        # (MODEL_CARD). About 40 minutes on 2 cores: the stage that takes the recipe past 2 hours.
+        # (MODEL_CARD). About 28 minutes on 2 cores in bf16.
         mix=dict(t2i=1.0, caption=0.0, judge=0.0), llm_mode="frozen", llm_lr=1e-4, dit_lr=5e-4, fm_repeats=4,
         data=dict(synthetic_images=80000, shapes_captions="geneval"),
         train=dict(bf16=True, total_steps=1500, batch_size=32, lr=5e-4, min_lr=1e-4, warmup_steps=20, ema_decay=0.995,
