@@ -86,7 +86,7 @@ def test_the_next_stage_takes_the_background_childs_threads_back_once_it_has_end
 
 
 def test_a_stage_started_beside_the_child_takes_its_threads_back_between_steps(tmp_path, monkeypatch):
-    from unimodal.shapes.recipe.run import Recipe, _TakeThreadsBack
+    from unimodal.shapes.recipe.run import Recipe
 
     recipe = Recipe(tmp_path, "quick", progress=False)
     alive = [True]
@@ -107,7 +107,7 @@ def test_a_stage_started_beside_the_child_takes_its_threads_back_between_steps(t
     seen = []
 
     def pretrain():
-        hook = _TakeThreadsBack(recipe)
+        hook = recipe._stage_hooks()
         hook.after_step(None)                 # the decoder's child still runs: half the threads
         seen.append(torch.get_num_threads())
         alive[0] = False

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from unimodal.config import ConfigError
 from unimodal.train.config import TrainConfig
@@ -219,8 +220,6 @@ class TrainEngine:
         stack = contextlib.ExitStack()
         stack.enter_context(torch.autocast(device_type=self.dist.device.type, dtype=torch.bfloat16))
         if self.dist.device.type == "cpu":
-            from torch.nn.attention import SDPBackend, sdpa_kernel
-
             stack.enter_context(sdpa_kernel(SDPBackend.MATH))
         return stack
 

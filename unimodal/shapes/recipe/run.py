@@ -38,7 +38,6 @@ from typing import Any, Callable
 from unimodal.config import ConfigError, atomic_write_text
 from unimodal.dit.flow import dimension_shift
 from unimodal.shapes.config import ShapesConfig
-from unimodal.train.pretrain import StageHooks, StepInfo
 
 log = logging.getLogger("unimodal.recipe")
 
@@ -317,12 +316,12 @@ class Recipe:
     def run_pretrain(self) -> dict[str, Any]:
         from unimodal.train.pretrain import train
 
-        return self._train_stage("pretrain", self.pretrain_config(), train, hooks=_TakeThreadsBack(self))
+        return self._train_stage("pretrain", self.pretrain_config(), train, hooks=self._stage_hooks())
 
     def _finetune_stage(self, stage: str) -> dict[str, Any]:
         from unimodal.train.finetune import train
 
-        return self._train_stage(stage, self.finetune_config(stage), train, hooks=_TakeThreadsBack(self))
+        return self._train_stage(stage, self.finetune_config(stage), train, hooks=self._stage_hooks())
 
     def run_understand(self) -> dict[str, Any]:
         return self._finetune_stage("understand")
@@ -443,6 +442,20 @@ class Recipe:
             torch.set_num_threads(self._threads)
             log.info(f"[recipe] no background stage running: {self._threads} threads here again")
 
+    def _stage_hooks(self):
+        """Hooks for a unified stage's loop: one that started beside the decoder's child process
+        takes the child's threads back after the first step that finds it ended, instead of keeping
+        half the cores to its end. (Imported here: the training loop is heavy to import.)"""
+        from unimodal.train.pretrain import StageHooks
+
+        recipe = self
+
+        class TakeThreadsBack(StageHooks):
+            def after_step(self, info) -> None:
+                recipe.take_threads_back()
+
+        return TakeThreadsBack()
+
     def _start(self, stage: str, threads: int):
         import multiprocessing
 
@@ -459,17 +472,6 @@ class Recipe:
             raise RuntimeError(f"recipe stage {stage} failed in its child process (exit code {child.exitcode}); "
                                f"see {self.root / stage} and rerun the command to resume it")
         log.info(f"[recipe] {stage}: finished in {rec['seconds']:.0f} s {json.dumps(_short(rec['metrics']))}")
-
-
-class _TakeThreadsBack(StageHooks):
-    """A unified stage that started beside the decoder's child process takes the child's threads
-    back after the first step that finds it ended, instead of keeping half the cores to its end."""
-
-    def __init__(self, recipe: Recipe):
-        self.recipe = recipe
-
-    def after_step(self, info: StepInfo) -> None:
-        self.recipe.take_threads_back()
 
 
 def _run_in_child(root: str, preset: str, stage: str, threads: int) -> None:
