@@ -52,8 +52,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--n", type=int, default=8, help="candidates of the best-of-n generation")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
-                        help="weights for generation and captioning (training always keeps fp32 weights)")
+    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                        help="weights for generation and captioning, as the commands' --dtype (auto: bfloat16 where "
+                             "the device computes it natively); training always keeps fp32 weights")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -72,6 +73,7 @@ def main(argv=None) -> dict:
     from unimodal.unified.model import UnifiedModel
     from unimodal.unified.trainable import configure_trainable, param_groups
     from unimodal.utils.distributed import DistInfo
+    from unimodal.utils.precision import inference_dtype
 
     stage = RECIPE_PRESETS["full"][args.stage]
     if args.tiny:
@@ -81,7 +83,8 @@ def main(argv=None) -> dict:
     else:
         load = lambda: UnifiedModel.from_pretrained(args.model)  # noqa: E731
         batch_size, fm_repeats, steps = stage["train"]["batch_size"], stage["fm_repeats"], None
-    model = load().to(args.device, getattr(torch, args.dtype))
+    dtype = inference_dtype(args.dtype, args.device)
+    model = load().to(args.device, dtype)
     if args.tiny:
         from unimodal.unified.testing import toy_caption, toy_image, toy_pairs
 
@@ -121,9 +124,9 @@ def main(argv=None) -> dict:
     train = timed(train_step, args.repeats)
     result = {
         "unimodal": str(Path(unimodal.__file__).parent), "model": "tiny" if args.tiny else args.model, "stage": args.stage, "device": args.device, "threads": torch.get_num_threads(),
-        "inference_dtype": args.dtype,
+        "inference_dtype": str(dtype).removeprefix("torch."),
         "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3), "repeats": args.repeats,
-        "train_batch": batch_size, "fm_repeats": fm_repeats, "train_bf16": tc.bf16, "train_step_ms": round(train * 1e3, 1),
+        "train_batch": batch_size, "fm_repeats": fm_repeats, "train_bf16": engine.bf16, "train_step_ms": round(train * 1e3, 1),
         "train_images_per_s": round(batch_size / train, 2),
         "best_of_n": args.n, "best_of_n_ms": round(best * 1e3, 1), "best_of_n_images_per_s": round(args.n / best, 2),
         "num_inference_steps": steps or model.config.num_inference_steps, "guidance_scale": model.config.guidance_scale,

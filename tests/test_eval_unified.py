@@ -66,12 +66,18 @@ def test_cli_over_a_saved_model(model, geneval_metadata_path, tmp_path):
     model.save_pretrained(tmp_path / "model")
     meta = _slice(geneval_metadata_path, tmp_path, [7])
     out = tmp_path / "cli"
-    code = script_main("geneval", ["--metadata", str(meta), "--model", str(tmp_path / "model"), "--out", str(out),
-                                   "--num-inference-steps", "2", "--device", "cpu", "--no-progress"])
+    args = ["--metadata", str(meta), "--model", str(tmp_path / "model"), "--num-inference-steps", "2", "--device", "cpu",
+            "--no-progress"]
+    code = script_main("geneval", args + ["--out", str(out), "--dtype", "float32"])
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["args"]["model"] == str(tmp_path / "model") and summary["counts"]["ok"]
     assert summary["generation"]["judge"] is None                       # n == 4: no selection, no judge
+    assert "dtype" not in summary["generation"]["generator"]           # fp32, as runs written before --dtype
+    # bf16 weights are recorded, and a folder generated in one dtype is not continued in another
+    assert script_main("geneval", args + ["--out", str(out), "--dtype", "bfloat16"]) == 2
+    assert script_main("geneval", args + ["--out", str(tmp_path / "bf16"), "--dtype", "bfloat16"]) == 0
+    assert json.loads((tmp_path / "bf16" / "generation.json").read_text())["generator"]["dtype"] == "bfloat16"
     # the same prompt through the in-memory model gives the same files
     again = tmp_path / "again"
     run_geneval(str(meta), RunOptions(out=str(again), num_inference_steps=2, progress=False),

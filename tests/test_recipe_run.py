@@ -162,11 +162,11 @@ def test_quick_recipe_end_to_end_and_resume(tmp_path):
     from unimodal.commands import demo
 
     args = argparse.Namespace(model=str(tmp_path / "published"), out=str(tmp_path / "demo"), n=2, prompt=None, seed=0,
-                              num_inference_steps=2)
+                              num_inference_steps=2, dtype="float32")
     assert demo.run(args) == 0
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
     assert len(report["rows"]) == len(demo.DEMO_TAGS) and (tmp_path / "demo" / "report.png").is_file()
-    assert (report["judge"], report["verify_on"]) == ("likelihood", "decoded")      # the model's own
+    assert (report["judge"], report["verify_on"], report["dtype"]) == ("likelihood", "decoded", "float32")
     for row in report["rows"]:
         kept = next(c for c in row["candidates"] if c["kept"])
         assert kept["likelihood"] == max(c["likelihood"] for c in row["candidates"])
@@ -222,7 +222,8 @@ def test_full_preset_trains_a_dit_dh_whose_head_is_as_wide_as_the_latent_needs(t
 def test_understand_stage_continues_the_pretrained_model_with_hard_negatives(tmp_path, preset):
     """Stage (f) starts from the pretrain export, asks the judge about shape twins and keeps
     text-to-image in the mix (so the LLM still conditions the DiT); (g) then trains the generator
-    alone on the frozen LLM, and is what assemble installs. Every unified stage trains in bf16."""
+    alone on the frozen LLM, and is what assemble installs. Every unified stage trains in bf16 where
+    the hardware has it ("auto")."""
     from unimodal.shapes.recipe.run import STAGES, UNIFIED_CHAIN, Recipe
     from unimodal.train.pretrain import UnifiedStageConfig
 
@@ -236,6 +237,6 @@ def test_understand_stage_continues_the_pretrained_model_with_hard_negatives(tmp
     draw = UnifiedStageConfig.from_dict(recipe.finetune_config("draw"))
     assert draw.init_from == str(tmp_path / "understand" / "export") and draw.llm_mode == "frozen"
     assert (draw.mix.t2i, draw.mix.caption, draw.mix.judge) == (1.0, 0.0, 0.0)
-    assert UnifiedStageConfig.from_dict(recipe.pretrain_config()).train.bf16 and cfg.train.bf16 and draw.train.bf16
+    assert UnifiedStageConfig.from_dict(recipe.pretrain_config()).train.bf16 == cfg.train.bf16 == draw.train.bf16 == "auto"
     with pytest.raises(ValueError):
         recipe.finetune_config("pretrain")   # the chain's first stage has its own config (pretrain_config)

@@ -74,6 +74,13 @@ def add_steps_arg(p: argparse.ArgumentParser, old_flag: str) -> None:
     p.add_argument(old_flag, dest="num_inference_steps", type=int_in(1, MAX_STEPS), default=None, help=argparse.SUPPRESS)
 
 
+def add_dtype_arg(p: argparse.ArgumentParser) -> None:
+    """--dtype: the weights' float type for inference (`unimodal.utils.precision.inference_dtype`)."""
+    p.add_argument("--dtype", choices=["auto", "stored", "float32", "bfloat16"], default="auto",
+                   help="weights' dtype: auto = bfloat16 where the device computes it natively (CUDA Ampere+, "
+                        "x86 CPUs with AVX512-BF16 or AMX), else float32; stored = as the files hold them (auto)")
+
+
 def add_guidance_arg(p: argparse.ArgumentParser, old_flag: str) -> None:
     """--guidance-scale (dest guidance_scale), and `old_flag` as its hidden alias."""
     p.add_argument("--guidance-scale", type=positive_float, default=None, help=GUIDANCE_HELP)

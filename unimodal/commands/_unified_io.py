@@ -6,11 +6,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from unimodal.commands._args import add_dtype_arg
+
 
 def add_model_args(parser) -> None:
     parser.add_argument("--model", default=None,
                         help="unified model directory (default: $UNIMODAL_MODEL, else the shipped Shapes model)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    add_dtype_arg(parser)
 
 
 def add_backend_args(parser) -> None:
@@ -40,13 +43,13 @@ def vllm_settings(args):
 def load_model(args):
     import torch
 
+    from unimodal.shipped import resolve_model_dir
     from unimodal.unified.model import UnifiedModel
+    from unimodal.utils.precision import inference_dtype
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    from unimodal.shipped import resolve_model_dir
-
     args.model = str(resolve_model_dir(args.model))
-    return UnifiedModel.from_pretrained(args.model, map_location=device, dtype="stored").eval()
+    return UnifiedModel.from_pretrained(args.model, map_location=device, dtype=inference_dtype(args.dtype, device)).eval()
 
 
 def slug(text: str, limit: int = 48) -> str:

@@ -12,7 +12,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from unimodal.commands._args import MAX_CANDIDATES, N_HELP, add_guidance_arg, add_steps_arg, int_in
+from unimodal.commands._args import MAX_CANDIDATES, N_HELP, add_dtype_arg, add_guidance_arg, add_steps_arg, int_in
 
 
 def add_parser(subparsers) -> None:
@@ -24,6 +24,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--model", default=None, help="unified model directory (default: the session's, else $UNIMODAL_MODEL, "
                                                   "else the shipped Shapes model)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    add_dtype_arg(p)
     p.add_argument("--session", default=None, help="session folder: continued if it holds one, else created")
     p.add_argument("--replay", default=None, metavar="DIR", help="run the saved session DIR again (needs --out)")
     p.add_argument("--out", default=None, metavar="DIR2", help="where --replay writes the new session")
@@ -34,15 +35,16 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _load(model_arg: str | None, recorded: str | None, device: str | None):
+def _load(model_arg: str | None, recorded: str | None, device: str | None, dtype: str):
     import torch
 
     from unimodal.shipped import resolve_model_dir
     from unimodal.unified.model import UnifiedModel
+    from unimodal.utils.precision import inference_dtype
 
     path = resolve_model_dir(model_arg or recorded)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return path.resolve(), UnifiedModel.from_pretrained(path, map_location=device, dtype="stored").eval()
+    return path.resolve(), UnifiedModel.from_pretrained(path, map_location=device, dtype=inference_dtype(dtype, device)).eval()
 
 
 def run(args) -> int:
@@ -56,7 +58,7 @@ def run(args) -> int:
         if args.out is None:
             raise UserError("--replay DIR needs --out DIR2 (a new folder for the replayed session)")
         source = SessionStore.open(args.replay)
-        path, model = _load(args.model, source.data.get("model"), args.device)
+        path, model = _load(args.model, source.data.get("model"), args.device, args.dtype)
         status = StatusLine()
         result = replay(model, source, SessionStore.create(args.out, str(path), source.data["settings"]), status.update)
         status.done()
@@ -70,7 +72,7 @@ def run(args) -> int:
         raise UserError("--out goes with --replay")
     session_dir = Path(args.session) if args.session else Path("outputs/chat") / datetime.now().strftime("%Y%m%d-%H%M%S")
     existing = SessionStore.open(session_dir) if SessionStore.is_session(session_dir) else None
-    path, model = _load(args.model, existing.data.get("model") if existing else None, args.device)
+    path, model = _load(args.model, existing.data.get("model") if existing else None, args.device, args.dtype)
     flags = {k: getattr(args, k) for k in ("seed", "num_inference_steps", "guidance_scale", "n") if getattr(args, k) is not None}
     if existing is not None:
         engine = ChatEngine.resume(model, existing)

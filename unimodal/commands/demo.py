@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from unimodal.commands._args import MAX_CANDIDATES, add_steps_arg, int_in, text_arg
+from unimodal.commands._args import MAX_CANDIDATES, add_dtype_arg, add_steps_arg, int_in, text_arg
 
 # One ShapesEval prompt per tag (GenEval phrasing); their metadata lines let the scorer check them.
 DEMO_TAGS = ("single_object", "colors", "counting", "two_object", "color_attr", "position")
@@ -27,6 +27,7 @@ def add_parser(subparsers) -> None:
                    help="a prompt of your own (repeatable); default: one ShapesEval prompt per GenEval tag")
     p.add_argument("--seed", type=int, default=0)
     add_steps_arg(p, "--steps")
+    add_dtype_arg(p)
     p.set_defaults(func=run)
 
 
@@ -78,10 +79,11 @@ def run(args) -> int:
     from unimodal.evaluation.generator import tensor_to_pil
     from unimodal.unified.generate import JUDGE_LABELS, caption, generate_images
     from unimodal.unified.model import UnifiedModel
+    from unimodal.utils.precision import inference_dtype
 
     model_dir = resolve_model_dir(args.model)
     t0 = time.time()
-    model = UnifiedModel.from_pretrained(model_dir).eval()
+    model = UnifiedModel.from_pretrained(model_dir, dtype=inference_dtype(args.dtype, "cpu")).eval()
     items, cfg = _demo_lines(args.prompt)
     prompts = [p for p, _ in items]
     # The report shows every candidate, so all of them are decoded.
@@ -106,7 +108,7 @@ def run(args) -> int:
     out_dir = Path(args.out)
     _report_png(rows, out.candidates, out.judge, out_dir / "report.png")
     report = {"model": str(model_dir.resolve()), "n": args.n, "seed": args.seed, "judge": out.judge,
-              "verify_on": model.config.verify_on,
+              "verify_on": model.config.verify_on, "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
               "num_inference_steps": args.num_inference_steps,
               "seconds": round(time.time() - t0, 1), "rows": rows}
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")

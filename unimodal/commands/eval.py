@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from unimodal.commands._args import MAX_CANDIDATES, add_guidance_arg, add_steps_arg, int_in
+from unimodal.commands._args import MAX_CANDIDATES, add_dtype_arg, add_guidance_arg, add_steps_arg, int_in
 
 # sub-command -> help
 BENCHMARKS = {
@@ -35,6 +35,7 @@ def _common(p: argparse.ArgumentParser, keep: int = 4, n: int | None = None) -> 
     add_guidance_arg(p, "--cfg-scale")
     p.add_argument("--batch-size", type=int_in(1), default=16, help="candidates per DiT batch")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
+    add_dtype_arg(p)
     p.add_argument("--backend", choices=["torch", "vllm"], default="torch",
                    help="the LLM's conditioning and judging pass: torch, or a vLLM engine (README's 'vLLM backend')")
     p.add_argument("--vllm-python", default=None, metavar="PYTHON",
@@ -102,7 +103,7 @@ def _options(args):
     return RunOptions(out=args.out, model=model, seed=args.seed, n=n, keep=args.keep, judge=_judge(args, model),
                       num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
                       batch_size=args.batch_size,
-                      device=args.device, shard=args.shard, num_shards=args.num_shards, start=args.start,
+                      device=args.device, dtype=args.dtype, shard=args.shard, num_shards=args.num_shards, start=args.start,
                       end=args.end, overwrite=args.overwrite, save_rejected=args.save_rejected,
                       progress=args.progress, check_only=args.check_only, backend=args.backend,
                       vllm_python=args.vllm_python)

@@ -11,12 +11,15 @@ import argparse
 import importlib.util
 import sys
 
+from unimodal.commands._args import add_dtype_arg
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("serve", help="web UI: chat, draw, critique (Gradio)", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="unified model directory (default: $UNIMODAL_MODEL, else the shipped Shapes model)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    add_dtype_arg(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--sessions", default=None, metavar="DIR", help="save every conversation under DIR/<id>/")
@@ -33,6 +36,7 @@ def run(args) -> int:
     from unimodal.config import UserError
     from unimodal.config import apply_overrides
     from unimodal.unified.model import UnifiedModel
+    from unimodal.utils.precision import inference_dtype
 
     if importlib.util.find_spec("gradio") is None:
         raise UserError('serve needs gradio: pip install -e ".[serve]"')
@@ -41,7 +45,7 @@ def run(args) -> int:
     limits = ServeLimits.from_dict(apply_overrides({}, args.limit))
     path = resolve_model_dir(args.model)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = UnifiedModel.from_pretrained(path, map_location=device, dtype="stored").eval()
+    model = UnifiedModel.from_pretrained(path, map_location=device, dtype=inference_dtype(args.dtype, device)).eval()
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {args.host}: anyone who can reach this address can use the model", file=sys.stderr)
 

@@ -78,10 +78,11 @@ class UnifiedGenerator:
         self.model_path = model_path
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str = "cpu", **kwargs) -> "UnifiedGenerator":
+    def from_pretrained(cls, path: str | Path, device: str = "cpu", dtype: str = "auto", **kwargs) -> "UnifiedGenerator":
         from unimodal.unified.model import UnifiedModel
+        from unimodal.utils.precision import inference_dtype
 
-        model = UnifiedModel.from_pretrained(path, map_location=device, dtype="stored")
+        model = UnifiedModel.from_pretrained(path, map_location=device, dtype=inference_dtype(dtype, device))
         return cls(model, model_path=str(Path(path).resolve()), **kwargs)
 
     def close(self) -> None:
@@ -94,8 +95,11 @@ class UnifiedGenerator:
                      else self.num_inference_steps,
                      "guidance_scale": config.guidance_scale if self.guidance_scale is None else self.guidance_scale,
                      "shift": config.shift}
-        # Only a vLLM run names its backend, and only a judge of decoded candidates what it reads,
-        # so runs written before either existed still resume.
+        # Only a vLLM run names its backend, only a judge of decoded candidates what it reads, and
+        # only weights other than fp32 their dtype, so runs written before any of these existed still resume.
+        dtype = next(self.model.parameters()).dtype
+        if dtype != torch.float32:
+            described["dtype"] = str(dtype).removeprefix("torch.")
         if self.reader.backend != "torch":
             described["backend"] = self.reader.backend
         if config.verify_on != "latent":

@@ -39,6 +39,7 @@ class RunOptions(Config):
     guidance_scale: float | None = None     # None: the model config's
     batch_size: int = 16              # candidates per DiT batch; prompts per call = batch_size // n
     device: str | None = None         # None: cuda when available
+    dtype: str = "auto"               # the weights' (unimodal.utils.precision.inference_dtype)
     shard: int | None = None
     num_shards: int | None = None
     start: int | None = None
@@ -81,7 +82,7 @@ def load_generator(opts: RunOptions, judge: str | None) -> ImageGenerator:
     if opts.model is None:
         raise ConfigError("--model (a unified model directory) is required to generate")
     device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return UnifiedGenerator.from_pretrained(opts.model, device=device, judge=judge,
+    return UnifiedGenerator.from_pretrained(opts.model, device=device, dtype=opts.dtype, judge=judge,
                                             num_inference_steps=opts.num_inference_steps,
                                             guidance_scale=opts.guidance_scale, batch_size=opts.batch_size,
                                             backend=opts.backend, vllm_python=opts.vllm_python)

@@ -7,6 +7,7 @@ the DeepSpeed JSON, so the two can never disagree.
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 from unimodal.config import Config, ConfigError
 
@@ -24,7 +25,8 @@ class TrainConfig(Config):
     betas: tuple[float, float] = (0.9, 0.95)
     weight_decay: float = 0.0
     grad_clip: float | None = 1.0    # max global grad norm; None = no clipping
-    bf16: bool = False               # bf16 autocast (plain) / bf16 engine (DeepSpeed)
+    bf16: bool | Literal["auto"] = False  # bf16 autocast (plain) / bf16 engine (DeepSpeed); "auto": where
+                                     # the device computes bf16 natively (unimodal.utils.precision)
     ema_decay: float | None = None   # None = no EMA
     log_every: int = 10
     ckpt_every: int = 500
@@ -54,5 +56,7 @@ class TrainConfig(Config):
             raise ConfigError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ConfigError(f"train.grad_clip must be > 0 or null (off), got {self.grad_clip}")
+        if not (isinstance(self.bf16, bool) or self.bf16 == "auto"):
+            raise ConfigError(f"train.bf16 must be true, false or auto, got {self.bf16!r}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ConfigError(f"train.ema_decay must be in (0, 1) or null (off), got {self.ema_decay}")

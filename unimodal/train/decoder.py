@@ -138,7 +138,7 @@ def train(config_path: str | None, overrides: list[str] = (), deepspeed_config: 
     logger.info(f"decoder stage: {sum(p.numel() for p in decoder.parameters()) / 1e6:.1f}M decoder params, "
                 f"encoder {cfg.rae.encoder.family} ({rae.encoder.num_tokens} x {rae.encoder.channels}), "
                 f"perceptual={perceptual.name if perceptual is not None else 'off'}, gan={'on' if disc else 'off'}, "
-                f"world_size={dist.world_size}, deepspeed={deepspeed_config is not None}")
+                f"world_size={dist.world_size}, deepspeed={deepspeed_config is not None}, bf16={dec_engine.bf16}")
 
     # ---- resume -------------------------------------------------------------------------------
     step, position, _ = resume_run(tc.run_dir, engines, ema, logger)

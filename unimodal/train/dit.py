@@ -144,7 +144,7 @@ def train(config_path: str | None, overrides: list[str] = (), deepspeed_config: 
                 f"({'DiT^DH' if dc.is_dh else 'LightningDiT'}), latents {dc.num_tokens} x {dc.in_channels} from "
                 f"{'cache ' + cfg.latent_cache if cfg.latent_cache else 'RAE on the fly'}, {len(dataset)} items, "
                 f"t ~ {cfg.time_dist} shifted by {shift:.3f}, world_size={dist.world_size}, "
-                f"deepspeed={deepspeed_config is not None}")
+                f"deepspeed={deepspeed_config is not None}, bf16={engine.bf16}")
 
     # ---- resume -----------------------------------------------------------------------------------
     step, position, _ = resume_run(tc.run_dir, {"dit": engine}, ema, logger)

@@ -36,6 +36,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from unimodal.config import ConfigError
 from unimodal.train.config import TrainConfig
 from unimodal.utils.distributed import DistInfo, ensure_process_group
+from unimodal.utils.precision import use_bf16
 from unimodal.train.schedule import warmup_cosine
 from unimodal.utils.weights import load_state_dict_strict
 
@@ -136,6 +137,7 @@ class TrainEngine:
         shape, scaled)."""
         self.config = config
         self.dist = dist or DistInfo()
+        self.bf16 = use_bf16(config.bf16, self.dist.device)   # train.bf16 "auto" settled on this device
         self.micro_steps = 0
         self.optimizer_steps = 0
 
@@ -156,7 +158,7 @@ class TrainEngine:
             c = self.config
             self.ds_config = fill_deepspeed_config(
                 _load_ds_config(deepspeed_config), micro_batch=c.batch_size, grad_accum=c.grad_accum,
-                world_size=self.dist.world_size, grad_clip=c.grad_clip, bf16=c.bf16)
+                world_size=self.dist.world_size, grad_clip=c.grad_clip, bf16=self.bf16)
             self._init_deepspeed(module, groups)
         else:
             self.ds_config = None
@@ -209,13 +211,13 @@ class TrainEngine:
         return (self.micro_steps + 1) % self.config.grad_accum == 0
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """bf16 autocast when `train.bf16`. On a CPU it also picks torch's math attention kernel:
+        """bf16 autocast when `train.bf16` (settled: `self.bf16`). On a CPU it also picks torch's math attention kernel:
         there the flash kernel's bf16 backward runs at about half the math kernel's speed on
         sequences of up to ~128 tokens (the Shapes recipe's 64 latent tokens, its ~100-token
         conversations), while for 1,000 tokens and more flash is ~2x faster (measured with torch
         2.14 on 2 cores; `scripts/bench_unified.py` times the whole step). The kernel is chosen in
         the forward, so the backward follows it."""
-        if not self.config.bf16:
+        if not self.bf16:
             return contextlib.nullcontext()
         stack = contextlib.ExitStack()
         stack.enter_context(torch.autocast(device_type=self.dist.device.type, dtype=torch.bfloat16))

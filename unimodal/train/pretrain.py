@@ -173,7 +173,7 @@ def run_stage(cfg: UnifiedStageConfig, deepspeed_config: str | None, stage: str,
     n_train = sum(numel(p) for g in groups for p in g["params"])
     logger.info(f"{stage}: {n_train / 1e6:.2f}M trainable of {sum(numel(p) for p in model.parameters()) / 1e6:.2f}M, "
                 f"llm_mode={cfg.llm_mode}, latent {model.config.num_latent_tokens} x {model.config.latent_dim}, "
-                f"world_size={dist.world_size}, deepspeed={deepspeed_config is not None}")
+                f"world_size={dist.world_size}, deepspeed={deepspeed_config is not None}, bf16={engine.bf16}")
 
     # ---- resume -------------------------------------------------------------------------------
     step, position, extra = resume_run(tc.run_dir, {"model": engine}, ema, logger)

@@ -57,9 +57,11 @@ def merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
 
 
 # Full: about 1 h 50 min on 2 CPU cores, measured from scratch (latents 8 x 8 tokens x 96 channels, 64 px
-# images; MODEL_CARD). The unified stages train in bf16 autocast (`train.bf16`; on a CPU with torch's
-# math attention kernel, `TrainEngine.autocast`): 1.2x the fp32 step in pretraining, 1.5x in draw,
-# whose batches are all DiT work (scripts/bench_unified.py, MODEL_CARD).
+# images; MODEL_CARD). The unified stages train in bf16 autocast where the hardware computes bf16
+# natively (`train.bf16: auto`, `unimodal.utils.precision`; on a CPU with torch's math attention
+# kernel, `TrainEngine.autocast`): 1.2x the fp32 step in pretraining, 1.5x in draw, whose batches
+# are all DiT work (scripts/bench_unified.py, MODEL_CARD). Elsewhere they train in fp32: emulated
+# bf16 made the pretraining step 16x slower on a CPU held to AVX2.
 _FULL: dict[str, dict[str, Any]] = {
     "tokenizer": {},
     "siglip": dict(vision_hidden_size=96, vision_layers=3, vision_heads=4, vision_mlp=384, text_hidden_size=96,
@@ -90,7 +92,7 @@ _FULL: dict[str, dict[str, Any]] = {
                    connector_depth=1, num_inference_steps=25, guidance_scale=3.0),
         mix=dict(t2i=0.6, caption=0.25, judge=0.15), llm_lr=1e-3, dit_lr=2e-3, fm_repeats=4,
         data=dict(synthetic_images=80000, shapes_captions="mixed"),
-        train=dict(bf16=True, total_steps=8000, batch_size=16, lr=1e-3, min_lr=1e-4, warmup_steps=30, ema_decay=0.995,
+        train=dict(bf16="auto", total_steps=8000, batch_size=16, lr=1e-3, min_lr=1e-4, warmup_steps=30, ema_decay=0.995,
                    log_every=50, ckpt_every=200, sample_every=0)),
     "understand": dict(
         # Continues pretraining directly: v5's finetuning stage between the two (2,400 steps on
@@ -103,7 +105,7 @@ _FULL: dict[str, dict[str, Any]] = {
         # the LLM's query states keep conditioning the DiT (without it v5's samples fell 0.19 -> 0.12).
         mix=dict(t2i=0.3, caption=0.35, judge=0.35, hard_negative=0.5), llm_lr=1e-3, dit_lr=1e-3, fm_repeats=4,
         data=dict(synthetic_images=80000, shapes_captions="mixed"),
-        train=dict(bf16=True, total_steps=1000, batch_size=32, lr=1e-3, min_lr=1e-4, warmup_steps=20, ema_decay=0.995,
+        train=dict(bf16="auto", total_steps=1000, batch_size=32, lr=1e-3, min_lr=1e-4, warmup_steps=20, ema_decay=0.995,
                    log_every=50, ckpt_every=200, sample_every=0)),
     "draw": dict(
         # The generator was still learning: trained further on the frozen LLM's query states (the
@@ -112,7 +114,7 @@ _FULL: dict[str, dict[str, Any]] = {
         # (MODEL_CARD). About 28 minutes on 2 cores in bf16.
         mix=dict(t2i=1.0, caption=0.0, judge=0.0), llm_mode="frozen", llm_lr=1e-4, dit_lr=5e-4, fm_repeats=4,
         data=dict(synthetic_images=80000, shapes_captions="geneval"),
-        train=dict(bf16=True, total_steps=1500, batch_size=32, lr=5e-4, min_lr=1e-4, warmup_steps=20, ema_decay=0.995,
+        train=dict(bf16="auto", total_steps=1500, batch_size=32, lr=5e-4, min_lr=1e-4, warmup_steps=20, ema_decay=0.995,
                    log_every=50, ckpt_every=200, sample_every=0)),
     # The judge reads each candidate's decoded image re-encoded (`verify_on`), through the decoder
     # installed here: on v6's candidates that lifted every best-of-N pick, and the prompt's
@@ -159,17 +161,17 @@ _QUICK: dict[str, dict[str, Any]] = {
                             head_num_heads=2), num_inference_steps=4, guidance_scale=1.0),
         mix=dict(t2i=0.5, caption=0.3, judge=0.2), llm_lr=3e-3, dit_lr=3e-3,
         data=dict(synthetic_images=64, shapes_captions="mixed"),
-        train=dict(bf16=True, total_steps=8, batch_size=8, lr=3e-3, min_lr=3e-4, warmup_steps=1, log_every=4, ckpt_every=4,
+        train=dict(bf16="auto", total_steps=8, batch_size=8, lr=3e-3, min_lr=3e-4, warmup_steps=1, log_every=4, ckpt_every=4,
                    sample_every=0)),
     "understand": dict(
         mix=dict(t2i=0.3, caption=0.35, judge=0.35, hard_negative=0.5), llm_lr=1e-3, dit_lr=1e-3,
         data=dict(synthetic_images=64, shapes_captions="mixed"),
-        train=dict(bf16=True, total_steps=4, batch_size=8, lr=1e-3, min_lr=1e-4, warmup_steps=1, log_every=2, ckpt_every=4,
+        train=dict(bf16="auto", total_steps=4, batch_size=8, lr=1e-3, min_lr=1e-4, warmup_steps=1, log_every=2, ckpt_every=4,
                    sample_every=0)),
     "draw": dict(
         mix=dict(t2i=1.0, caption=0.0, judge=0.0), llm_mode="frozen", llm_lr=1e-4, dit_lr=5e-4,
         data=dict(synthetic_images=64, shapes_captions="geneval"),
-        train=dict(bf16=True, total_steps=4, batch_size=8, lr=5e-4, min_lr=1e-4, warmup_steps=1, log_every=2, ckpt_every=4,
+        train=dict(bf16="auto", total_steps=4, batch_size=8, lr=5e-4, min_lr=1e-4, warmup_steps=1, log_every=2, ckpt_every=4,
                    sample_every=0)),
     "assemble": dict(verify_on="decoded", judge="likelihood"),
     "evaluate": dict(prompts_per_tag=1, n=2, caption_scenes=4, psnr_images=4),
