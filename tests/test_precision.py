@@ -45,3 +45,15 @@ def test_train_bf16_takes_true_false_or_auto_and_the_engine_settles_auto_on_its_
         with engine.autocast():
             out = engine(torch.randn(2, 6))
         assert out.dtype == (torch.bfloat16 if native else torch.float32)
+
+
+def test_from_pretrained_takes_the_commands_dtype_names(tmp_path, monkeypatch):
+    from unimodal.unified.model import UnifiedModel
+    from unimodal.unified.testing import tiny_model
+
+    tiny_model(seed=0).save_pretrained(tmp_path)
+    for native, want in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(precision, "native_bf16", lambda device, native=native: native)
+        assert next(UnifiedModel.from_pretrained(tmp_path, dtype="auto").parameters()).dtype == want
+    assert next(UnifiedModel.from_pretrained(tmp_path, dtype="bfloat16").parameters()).dtype == torch.bfloat16
+    assert next(UnifiedModel.from_pretrained(tmp_path, dtype="stored").parameters()).dtype == torch.float32

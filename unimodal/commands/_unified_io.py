@@ -45,11 +45,10 @@ def load_model(args):
 
     from unimodal.shipped import resolve_model_dir
     from unimodal.unified.model import UnifiedModel
-    from unimodal.utils.precision import inference_dtype
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     args.model = str(resolve_model_dir(args.model))
-    return UnifiedModel.from_pretrained(args.model, map_location=device, dtype=inference_dtype(args.dtype, device)).eval()
+    return UnifiedModel.from_pretrained(args.model, map_location=device, dtype=args.dtype).eval()
 
 
 def slug(text: str, limit: int = 48) -> str:

@@ -40,11 +40,10 @@ def _load(model_arg: str | None, recorded: str | None, device: str | None, dtype
 
     from unimodal.shipped import resolve_model_dir
     from unimodal.unified.model import UnifiedModel
-    from unimodal.utils.precision import inference_dtype
 
     path = resolve_model_dir(model_arg or recorded)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return path.resolve(), UnifiedModel.from_pretrained(path, map_location=device, dtype=inference_dtype(dtype, device)).eval()
+    return path.resolve(), UnifiedModel.from_pretrained(path, map_location=device, dtype=dtype).eval()
 
 
 def run(args) -> int:

@@ -79,11 +79,10 @@ def run(args) -> int:
     from unimodal.evaluation.generator import tensor_to_pil
     from unimodal.unified.generate import JUDGE_LABELS, caption, generate_images
     from unimodal.unified.model import UnifiedModel
-    from unimodal.utils.precision import inference_dtype
 
     model_dir = resolve_model_dir(args.model)
     t0 = time.time()
-    model = UnifiedModel.from_pretrained(model_dir, dtype=inference_dtype(args.dtype, "cpu")).eval()
+    model = UnifiedModel.from_pretrained(model_dir, dtype=args.dtype).eval()
     items, cfg = _demo_lines(args.prompt)
     prompts = [p for p, _ in items]
     # The report shows every candidate, so all of them are decoded.

@@ -36,7 +36,6 @@ def run(args) -> int:
     from unimodal.config import UserError
     from unimodal.config import apply_overrides
     from unimodal.unified.model import UnifiedModel
-    from unimodal.utils.precision import inference_dtype
 
     if importlib.util.find_spec("gradio") is None:
         raise UserError('serve needs gradio: pip install -e ".[serve]"')
@@ -45,7 +44,7 @@ def run(args) -> int:
     limits = ServeLimits.from_dict(apply_overrides({}, args.limit))
     path = resolve_model_dir(args.model)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = UnifiedModel.from_pretrained(path, map_location=device, dtype=inference_dtype(args.dtype, device)).eval()
+    model = UnifiedModel.from_pretrained(path, map_location=device, dtype=args.dtype).eval()
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {args.host}: anyone who can reach this address can use the model", file=sys.stderr)
 

@@ -80,9 +80,8 @@ class UnifiedGenerator:
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str = "cpu", dtype: str = "auto", **kwargs) -> "UnifiedGenerator":
         from unimodal.unified.model import UnifiedModel
-        from unimodal.utils.precision import inference_dtype
 
-        model = UnifiedModel.from_pretrained(path, map_location=device, dtype=inference_dtype(dtype, device))
+        model = UnifiedModel.from_pretrained(path, map_location=device, dtype=dtype)
         return cls(model, model_path=str(Path(path).resolve()), **kwargs)
 
     def close(self) -> None:

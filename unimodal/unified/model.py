@@ -15,7 +15,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Iterator
 
 import torch
 from safetensors.torch import save_file
@@ -29,6 +29,7 @@ from unimodal.text.tokenizer import load_tokenizer
 from unimodal.unified.bridge import Connector, LatentQueries, Projector
 from unimodal.unified.chat import ChatBatch, ChatFormat
 from unimodal.unified.config import UnifiedConfig
+from unimodal.utils.precision import inference_dtype
 from unimodal.utils.weights import CONFIG_NAME, WEIGHTS_NAME, atomic_output_dir, load_pretrained_dir, load_state_dict_strict
 
 # Keys of a Qwen2 config dict that describe the file, not the network.
@@ -253,16 +254,21 @@ class UnifiedModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu",
-                        dtype: torch.dtype | Literal["stored"] = torch.float32) -> "UnifiedModel":
+                        dtype: torch.dtype | str = torch.float32) -> "UnifiedModel":
         """Load a saved directory in `dtype`. The default fp32 is what training needs (fp32 weights
         under bf16 autocast: AdamW steps on bf16 weights mostly round away); "stored" keeps the
-        dtype most stored weights have, what inference wants (a `--dtype bfloat16` conversion of the
-        4.8B-parameter release stays at 9.6 GB instead of doubling). The parameters are the loaded
-        tensors themselves, so a load in the stored dtype holds one copy of the weights, not two."""
+        dtype most stored weights have (a `--dtype bfloat16` conversion of the 4.8B-parameter
+        release stays at 9.6 GB instead of doubling); "auto", what the inference commands load, is
+        bf16 where `map_location` computes it natively and fp32 elsewhere
+        (`unimodal.utils.precision.inference_dtype`, which also takes "float32" / "bfloat16"). The
+        parameters are the loaded tensors themselves, so a load in the stored dtype holds one copy
+        of the weights, not two."""
         config, state = load_pretrained_dir(directory, UnifiedConfig)
         tokenizer, added = load_tokenizer(directory)
         if added:
             raise ConfigError(f"{directory}: the saved tokenizer lacks {added} special token(s); it was not saved by UnifiedModel")
+        if isinstance(dtype, str):
+            dtype = inference_dtype(dtype, map_location)
         dtype = stored_dtype(state) if dtype == "stored" else dtype
         with parameters_on_meta():
             llm = Qwen2ForCausalLM(Qwen2Config(**config.llm))
