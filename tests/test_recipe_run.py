@@ -143,11 +143,14 @@ def test_quick_recipe_end_to_end_and_resume(tmp_path):
         assert key in ev
     published = json.loads((tmp_path / "published" / "config.json").read_text())
     assert (published["verify_on"], published["judge"]) == ("decoded", "likelihood")   # set at assemble
+    assert (published["guidance"], published["guidance_scale"]) == ("autoguidance", 5.0)
     assert ev["best_of_n_judge"] == "likelihood"
     shipped = json.loads((tmp_path / "published" / "MANIFEST.json").read_text())
     assert shipped["preset"] == "quick" and shipped["model"]["params"] > 0 and "commit" in shipped["git"]
 
     model = UnifiedModel.from_pretrained(tmp_path / "published")
+    guide = UnifiedModel.from_pretrained(root / "understand" / "export").dit.state_dict()   # the stage before draw
+    assert all(torch.equal(v, guide[k]) for k, v in model.guide_dit.state_dict().items())
     out = generate_images(model, ["a photo of a red circle"], n=2, keep=1, judge="yes_prob", num_inference_steps=2)
     kept = out.kept(0)
     assert len(kept) == 1 and kept[0].image.shape == (3, 64, 64)

@@ -162,3 +162,50 @@ def test_config_json_with_the_sampling_keys_of_earlier_releases_loads():
     assert (config.guidance_scale, config.num_inference_steps) == (2.0, 3)
     with pytest.raises(ConfigError, match="dit.sampler must be null"):
         tiny_unified_config(dit={**old["dit"], "sampler": {}})
+
+
+def test_autoguidance_samples_against_the_stored_guide_dit(tmp_path):
+    """Autoguidance (Karras et al. 2024): u + w (c - u) with u the guide DiT's conditional output.
+    Against a copy of the model's own DiT it is exactly the unguided sample; against another DiT it
+    is not; the guide is saved with the model, loaded strictly and never trained."""
+    from unimodal.dit.model import DiT
+    from unimodal.train.ema import EMA
+    from unimodal.unified.decoding import sample_latents
+    from unimodal.unified.trainable import configure_trainable, param_groups
+    from unimodal.utils.weights import WeightLoadError
+
+    def perturbed(dit, seed):   # off adaLN-Zero's start, where every DiT outputs zero
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in dit.parameters():
+                p.add_(torch.randn(p.shape, generator=g) * 0.1)
+        return dit
+
+    model = tiny_model(seed=0).eval()
+    perturbed(model.dit, 1)
+    cond, seeds = torch.randn(2, model.config.num_latent_tokens, model.config.dit.cond_dim), [3, 4]
+    plain = sample_latents(model, cond, seeds, num_inference_steps=3, guidance_scale=1.0)
+    model.set_guide(model.dit)
+    assert model.config.guidance == "autoguidance" and not any(p.requires_grad for p in model.guide_dit.parameters())
+    assert torch.equal(sample_latents(model, cond, seeds, num_inference_steps=3, guidance_scale=4.0), plain)
+
+    model.set_guide(perturbed(DiT(model.config.dit), 2))
+    guided = sample_latents(model, cond, seeds, num_inference_steps=3, guidance_scale=4.0)
+    assert not torch.allclose(guided, plain)
+    model.save_pretrained(tmp_path / "m")
+    loaded = UnifiedModel.from_pretrained(tmp_path / "m").eval()
+    assert loaded.config.guidance == "autoguidance"
+    assert torch.equal(sample_latents(loaded, cond, seeds, num_inference_steps=3, guidance_scale=4.0), guided)
+
+    configure_trainable(loaded, "full")
+    guide_ids = {id(p) for p in loaded.guide_dit.parameters()}
+    assert not guide_ids & {id(p) for g in param_groups(loaded) for p in g["params"]}
+    assert not any(k.startswith("guide_dit.") for k in EMA(loaded, 0.9).shadow)
+
+    # A config that asks for autoguidance over weights without a guide is refused, naming the keys.
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    tiny_model(seed=0).save_pretrained(tmp_path / "plain")
+    (tmp_path / "plain" / "config.json").write_text(json.dumps({**json.loads((tmp_path / "plain" / "config.json").read_text()),
+                                                                "guidance": cfg["guidance"]}))
+    with pytest.raises(WeightLoadError, match="missing keys: guide_dit"):
+        UnifiedModel.from_pretrained(tmp_path / "plain")

@@ -94,8 +94,9 @@ class UnifiedGenerator:
                      else self.num_inference_steps,
                      "guidance_scale": config.guidance_scale if self.guidance_scale is None else self.guidance_scale,
                      "shift": config.shift}
-        # Only a vLLM run names its backend, only a judge of decoded candidates what it reads, and
-        # only weights other than fp32 their dtype, so runs written before any of these existed still resume.
+        # Only a vLLM run names its backend, only a judge of decoded candidates what it reads, only
+        # weights other than fp32 their dtype and only autoguidance its guidance, so runs written
+        # before any of these existed still resume.
         dtype = next(self.model.parameters()).dtype
         if dtype != torch.float32:
             described["dtype"] = str(dtype).removeprefix("torch.")
@@ -103,6 +104,8 @@ class UnifiedGenerator:
             described["backend"] = self.reader.backend
         if config.verify_on != "latent":
             described["verify_on"] = config.verify_on
+        if config.guidance != "cfg":
+            described["guidance"] = config.guidance
         return described
 
     @torch.no_grad()

@@ -47,6 +47,10 @@ class UnifiedConfig(Config):
     num_inference_steps: int = 50
     guidance_scale: float = 1.0             # 1.0 = no guidance (the unconditional pass is skipped)
     shift: float | None = None              # None = the dimension shift sqrt(N * C / 4096)
+    # What guidance pulls away from: "cfg", the DiT's own output under its learned null condition
+    # (Ho & Salimans 2022), or "autoguidance" (Karras et al. 2024), the conditional output of
+    # `guide_dit`, a weaker checkpoint of the same DiT stored with the model (same conditioning).
+    guidance: Literal["cfg", "autoguidance"] = "cfg"
     # What best-of-N's judge reads: "latent", the generated latent itself (Scale-RAE), or
     # "decoded", the encoder's latent of its decoded image, back on the encoder's manifold (a
     # decoder and an encoder pass per candidate; on the Shapes model the judge then ranks one

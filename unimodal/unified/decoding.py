@@ -90,13 +90,14 @@ def decode_text(model, batch: ChatBatch, latents: torch.Tensor | None = None, *,
 def sample_latents(model, cond: torch.Tensor, seeds: Sequence[int], *, num_inference_steps: int | None = None,
                    guidance_scale: float | None = None, shift: float | None = None, method: str = "euler",
                    batch_size: int = 16) -> torch.Tensor:
-    """DiT ODE from seeded noise to latents [B, N, C] under token conditioning [B, N, Dc], with
-    classifier-free guidance against the DiT's learned null condition (`guidance_scale` 1 = off).
-    A setting left None is the model config's."""
+    """DiT ODE from seeded noise to latents [B, N, C] under token conditioning [B, N, Dc], guided
+    (`guidance_scale` 1 = off) by the model's `guidance`: against the DiT's learned null condition
+    (classifier-free) or against its `guide_dit` under the same condition (autoguidance). A
+    setting left None is the model config's."""
     config = model.config
     # `is None`, not `or`: 0 steps must be refused by SamplerConfig, not quietly become the default.
     sampler = SamplerConfig(
-        method=method, shift=config.shift if shift is None else shift,
+        method=method, shift=config.shift if shift is None else shift, guidance=config.guidance,
         num_inference_steps=config.num_inference_steps if num_inference_steps is None else num_inference_steps,
         guidance_scale=config.guidance_scale if guidance_scale is None else guidance_scale)
     if cond.shape[0] != len(seeds):
@@ -104,18 +105,21 @@ def sample_latents(model, cond: torch.Tensor, seeds: Sequence[int], *, num_infer
     dit = model.dit
     dtype = next(dit.parameters()).dtype
 
-    def velocity(x: torch.Tensor, t: torch.Tensor, c: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
-        # The ODE state stays fp32 across steps (bf16 would round it at every step); a bf16 DiT
-        # (a `--dtype bfloat16` conversion) takes its inputs in its own dtype.
-        return dit(x.to(dtype), t, c.to(dtype), drop=drop).float()
+    def velocity_of(net):
+        def velocity(x: torch.Tensor, t: torch.Tensor, c: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
+            # The ODE state stays fp32 across steps (bf16 would round it at every step); a bf16 DiT
+            # (a `--dtype bfloat16` conversion) takes its inputs in its own dtype.
+            return net(x.to(dtype), t, c.to(dtype), drop=drop).float()
+        return velocity
 
+    guide = velocity_of(model.guide_dit) if config.guidance == "autoguidance" and sampler.guidance_scale != 1.0 else None
     was_training = dit.training
     dit.eval()
     try:
         chunks = []
         for i in range(0, len(seeds), batch_size):
             noise = noise_from_seeds(seeds[i:i + batch_size], config.num_latent_tokens, config.latent_dim, model.device)
-            chunks.append(sample(velocity, noise, cond[i:i + batch_size].float(), sampler))
+            chunks.append(sample(velocity_of(dit), noise, cond[i:i + batch_size].float(), sampler, guide_model=guide))
     finally:
         dit.train(was_training)
     return torch.cat(chunks)

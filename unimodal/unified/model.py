@@ -115,6 +115,8 @@ class UnifiedModel(nn.Module):
         self.rae.requires_grad_(False)
         self.rae.eval()
         self.dit = dit if dit is not None else DiT(config.dit)
+        # Autoguidance's guide: frozen, never trained (configure_trainable and the EMA skip it).
+        self.guide_dit = DiT(config.dit).requires_grad_(False).eval() if config.guidance == "autoguidance" else None
         h, n, c = self.hidden_size, config.num_latent_tokens, config.latent_dim
         self.projector = Projector(c, h)
         self.queries = LatentQueries(n, h)
@@ -132,7 +134,17 @@ class UnifiedModel(nn.Module):
     def train(self, mode: bool = True) -> "UnifiedModel":
         super().train(mode)
         self.rae.eval()  # frozen: the decoder's training noise must stay off
+        if self.guide_dit is not None:
+            self.guide_dit.eval()
         return self
+
+    def set_guide(self, dit: DiT) -> None:
+        """Sample with autoguidance against `dit` (a weaker checkpoint of this model's DiT, e.g. an
+        earlier stage's; its weights are copied, strictly) from now on, and save it with the model."""
+        guide = DiT(self.config.dit).to(self.device, next(self.dit.parameters()).dtype)
+        load_state_dict_strict(guide, dit.state_dict(), source="the guide DiT")
+        self.guide_dit = guide.requires_grad_(False).eval()
+        self.config = self.config.replace(guidance="autoguidance")
 
     # ------------------------------------------------------------------ building
     @classmethod

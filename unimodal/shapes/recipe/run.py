@@ -11,7 +11,8 @@ Stages, each writing under `root`:
   (g) draw        the same loop, text-to-image only, the LLM frozen  unimodal.train.finetune
                   (MetaQuery): more DiT samples for the generator
       assemble    `root/model`: the last unified stage's model with the decoder stage's RAE (`assemble_model`),
-                  its best-of-N judge (`judge`) and what that judge reads (`verify_on`)
+                  its best-of-N judge (`judge`), what that judge reads (`verify_on`) and its
+                  sampler's guide (`guide_stage`: autoguidance against that stage's DiT)
   (h) evaluate    ShapesEval (1 sample, best-of-N), captions, judge, PSNR   recipe.evaluate
   (i) manifest    `root/model/MANIFEST.json` (config, command, commit, stage times, metrics)
 A stage whose marker `root/markers/<stage>.json` exists is skipped, so rerunning the command
@@ -118,8 +119,10 @@ _FULL: dict[str, dict[str, Any]] = {
                    log_every=50, ckpt_every=200, sample_every=0)),
     # The judge reads each candidate's decoded image re-encoded (`verify_on`), through the decoder
     # installed here: on v6's candidates that lifted every best-of-N pick, and the prompt's
-    # likelihood then picked better than P(yes) at every N (MODEL_CARD).
-    "assemble": dict(verify_on="decoded", judge="likelihood"),
+    # likelihood then picked better than P(yes) at every N (MODEL_CARD). The sampler guides with
+    # autoguidance against `understand`'s DiT (the generator before `draw`, on the same frozen
+    # LLM), w = 5: on v8, training prompts, every sample 0.25 with CFG 3 -> 0.33 (MODEL_CARD).
+    "assemble": dict(verify_on="decoded", judge="likelihood", guide_stage="understand", guidance_scale=5.0),
     "evaluate": dict(prompts_per_tag=16, n=8, caption_scenes=64, psnr_images=64),
 }
 
@@ -173,7 +176,7 @@ _QUICK: dict[str, dict[str, Any]] = {
         data=dict(synthetic_images=64, shapes_captions="geneval"),
         train=dict(bf16="auto", total_steps=4, batch_size=8, lr=5e-4, min_lr=1e-4, warmup_steps=1, log_every=2, ckpt_every=4,
                    sample_every=0)),
-    "assemble": dict(verify_on="decoded", judge="likelihood"),
+    "assemble": dict(verify_on="decoded", judge="likelihood", guide_stage="understand", guidance_scale=5.0),
     "evaluate": dict(prompts_per_tag=1, n=2, caption_scenes=4, psnr_images=4),
 }
 
@@ -338,8 +341,13 @@ class Recipe:
         return evaluate_model(self.path("model"), self.path("eval"), self.shapes, ecfg, progress=self.progress)
 
     def run_assemble(self) -> dict[str, Any]:
+        settings = dict(self.p["assemble"])
+        stage = settings.pop("guide_stage", None)
+        if stage is not None and stage not in UNIFIED_CHAIN[:-1]:
+            raise ConfigError(f"assemble.guide_stage must be a unified stage before {UNIFIED_CHAIN[-1]!r} "
+                              f"({list(UNIFIED_CHAIN[:-1])}), got {stage!r}")
         assemble_model(self.path(UNIFIED_CHAIN[-1], "export"), self.path("decoder", "export"), self.path("model"),
-                       **self.p["assemble"])
+                       guide=None if stage is None else self.path(stage, "export"), **settings)
         return {"model_dir": str(self.path("model"))}
 
     def run_model(self) -> dict[str, Any]:
@@ -506,9 +514,12 @@ def _short(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def assemble_model(finetuned: str | Path, rae_dir: str | Path, out: str | Path, verify_on: str | None = None,
-                   judge: str | None = None) -> Path:
+                   judge: str | None = None, guide: str | Path | None = None,
+                   guidance_scale: float | None = None) -> Path:
     """The final model: the finetuned unified model with the decoder stage's RAE installed, and
-    `judge` (best-of-N's score) and `verify_on` (what it reads) set; None keeps the finetuned model's.
+    `judge` (best-of-N's score), `verify_on` (what it reads) and `guidance_scale` set; None keeps
+    the finetuned model's. `guide`, a unified model directory of an earlier stage, turns on
+    autoguidance against its DiT (`UnifiedModel.set_guide`).
 
     The RAE is frozen in the unified stages and its decoder takes no part in their losses (they
     train on encoder latents), so the decoder stage's export is installed here; this also lets a
@@ -530,7 +541,10 @@ def assemble_model(finetuned: str | Path, rae_dir: str | Path, out: str | Path, 
     rae.requires_grad_(False)
     model.rae = rae.eval()
     model.config = model.config.replace(rae=rae.saved_config(), verify_on=verify_on or model.config.verify_on,
-                                        judge=judge or model.config.judge)
+                                        judge=judge or model.config.judge,
+                                        guidance_scale=guidance_scale or model.config.guidance_scale)
+    if guide is not None:
+        model.set_guide(UnifiedModel.from_pretrained(guide).dit)
     return model.save_pretrained(out)
 
 
