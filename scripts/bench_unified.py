@@ -73,7 +73,7 @@ def main(argv=None) -> dict:
     from unimodal.unified.model import UnifiedModel
     from unimodal.unified.trainable import configure_trainable, param_groups
     from unimodal.utils.distributed import DistInfo
-    from unimodal.utils.precision import inference_dtype
+    from unimodal.utils.precision import dtype_name, inference_dtype
 
     stage = RECIPE_PRESETS["full"][args.stage]
     if args.tiny:
@@ -124,7 +124,7 @@ def main(argv=None) -> dict:
     train = timed(train_step, args.repeats)
     result = {
         "unimodal": str(Path(unimodal.__file__).parent), "model": "tiny" if args.tiny else args.model, "stage": args.stage, "device": args.device, "threads": torch.get_num_threads(),
-        "inference_dtype": str(dtype).removeprefix("torch."),
+        "inference_dtype": dtype_name(dtype),
         "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3), "repeats": args.repeats,
         "train_batch": batch_size, "fm_repeats": fm_repeats, "train_bf16": engine.bf16, "train_step_ms": round(train * 1e3, 1),
         "train_images_per_s": round(batch_size / train, 2),

@@ -101,6 +101,7 @@ def run(*, tiny: bool = False, device: str = "cpu", dtype: str = "bfloat16", rel
         max_new_tokens: int = 16) -> dict:
     from unimodal.unified.generate import caption, generate_images, verify
     from unimodal.unified.model import UnifiedModel
+    from unimodal.utils.precision import dtype_name
 
     torch_dtype = getattr(torch, dtype)
     timer = Timer(device)
@@ -115,9 +116,9 @@ def run(*, tiny: bool = False, device: str = "cpu", dtype: str = "bfloat16", rel
             del model
             gc.collect()
             with timer.part("load"):
-                # As `unimodal generate --model DIR` loads it: in the stored dtype.
+                # As `unimodal generate --model DIR --dtype stored` loads it: in the stored dtype.
                 model = UnifiedModel.from_pretrained(path, map_location=device, dtype="stored").eval()
-    dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()})
+    dtypes = sorted({dtype_name(p.dtype) for p in model.parameters()})
 
     with timer.part("generate"):
         out = generate_images(model, PROMPT, n=n, keep=keep, num_inference_steps=num_inference_steps)
@@ -132,7 +133,7 @@ def run(*, tiny: bool = False, device: str = "cpu", dtype: str = "bfloat16", rel
         "threads": torch.get_num_threads(), "reloaded": reload,
         "params": params, "params_b_total": round(params["total"] / 1e9, 3),
         "n": n, "keep": keep, "num_inference_steps": num_inference_steps, "max_new_tokens": max_new_tokens,
-        "latent_shape": list(kept.latent.shape), "latent_dtype": str(kept.latent.dtype).removeprefix("torch."),
+        "latent_shape": list(kept.latent.shape), "latent_dtype": dtype_name(kept.latent.dtype),
         "image_shape": list(kept.image.shape), "latents_finite": bool(torch.isfinite(kept.latent).all()),
         "yes_probs": [round(c.yes_prob, 4) for c in out.candidates[0]],
         "p_image_start": round(out.p_image_start[0], 4), "caption_tokens": len(cap.token_ids[0]),

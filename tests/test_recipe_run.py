@@ -244,3 +244,15 @@ def test_understand_stage_continues_the_pretrained_model_with_hard_negatives(tmp
     assert UnifiedStageConfig.from_dict(recipe.pretrain_config()).train.bf16 == cfg.train.bf16 == draw.train.bf16 == "auto"
     with pytest.raises(ValueError):
         recipe.finetune_config("pretrain")   # the chain's first stage has its own config (pretrain_config)
+
+
+def test_a_guide_stage_that_is_not_an_earlier_unified_stage_is_refused_before_training(tmp_path, monkeypatch):
+    from unimodal.config import ConfigError
+    from unimodal.shapes.recipe import run
+
+    for bad in ("draw", "decoder"):
+        preset = {**run.RECIPE_PRESETS["quick"], "assemble": {**run.RECIPE_PRESETS["quick"]["assemble"], "guide_stage": bad}}
+        monkeypatch.setitem(run.RECIPE_PRESETS, "quick", preset)
+        with pytest.raises(ConfigError, match="assemble.guide_stage must be a unified stage before 'draw'"):
+            run.Recipe(tmp_path, "quick")
+    assert not any(tmp_path.iterdir())

@@ -79,6 +79,7 @@ def run(args) -> int:
     from unimodal.evaluation.generator import tensor_to_pil
     from unimodal.unified.generate import JUDGE_LABELS, caption, generate_images
     from unimodal.unified.model import UnifiedModel
+    from unimodal.utils.precision import dtype_name
 
     model_dir = resolve_model_dir(args.model)
     t0 = time.time()
@@ -107,7 +108,7 @@ def run(args) -> int:
     out_dir = Path(args.out)
     _report_png(rows, out.candidates, out.judge, out_dir / "report.png")
     report = {"model": str(model_dir.resolve()), "n": args.n, "seed": args.seed, "judge": out.judge,
-              "verify_on": model.config.verify_on, "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+              "verify_on": model.config.verify_on, "dtype": dtype_name(next(model.parameters()).dtype),
               "num_inference_steps": args.num_inference_steps,
               "seconds": round(time.time() - t0, 1), "rows": rows}
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from unimodal.utils.precision import dtype_name
+
 JUDGES = ("yes_prob", "likelihood")
 
 
@@ -99,7 +101,7 @@ class UnifiedGenerator:
         # before any of these existed still resume.
         dtype = next(self.model.parameters()).dtype
         if dtype != torch.float32:
-            described["dtype"] = str(dtype).removeprefix("torch.")
+            described["dtype"] = dtype_name(dtype)
         if self.reader.backend != "torch":
             described["backend"] = self.reader.backend
         if config.verify_on != "latent":

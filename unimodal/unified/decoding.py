@@ -112,6 +112,7 @@ def sample_latents(model, cond: torch.Tensor, seeds: Sequence[int], *, num_infer
             return net(x.to(dtype), t, c.to(dtype), drop=drop).float()
         return velocity
 
+    velocity = velocity_of(dit)
     guide = velocity_of(model.guide_dit) if config.guidance == "autoguidance" and sampler.guidance_scale != 1.0 else None
     was_training = dit.training
     dit.eval()
@@ -119,7 +120,7 @@ def sample_latents(model, cond: torch.Tensor, seeds: Sequence[int], *, num_infer
         chunks = []
         for i in range(0, len(seeds), batch_size):
             noise = noise_from_seeds(seeds[i:i + batch_size], config.num_latent_tokens, config.latent_dim, model.device)
-            chunks.append(sample(velocity_of(dit), noise, cond[i:i + batch_size].float(), sampler, guide_model=guide))
+            chunks.append(sample(velocity, noise, cond[i:i + batch_size].float(), sampler, guide_model=guide))
     finally:
         dit.train(was_training)
     return torch.cat(chunks)

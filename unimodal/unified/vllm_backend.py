@@ -33,6 +33,7 @@ from unimodal.config import Config, ConfigError, UserError
 from unimodal.unified import vllm_worker
 from unimodal.unified.chat import CAPTION_QUESTION, IGNORE, EncodedChat, ImageIn, Message, collate
 from unimodal.unified.generate import CaptionOutput, VerifyOutput, check_prompts
+from unimodal.utils.precision import dtype_name
 
 PYTHON_ENV = "UNIMODAL_VLLM_PYTHON"
 SETUP_HINT = ("set it up with `python -m venv .venv-vllm && .venv-vllm/bin/pip install torch==2.13.0 "
@@ -86,7 +87,7 @@ class VllmEngine:
         self.vocab_size = int(model.llm.config.vocab_size)
         self.proc = None
         self.failed = False
-        dtype = self.settings.dtype or str(next(model.llm.parameters()).dtype).removeprefix("torch.")
+        dtype = self.settings.dtype or dtype_name(next(model.llm.parameters()).dtype)
         model.export_llm(self.folder / "llm")
         to_worker, from_parent = os.pipe()
         to_parent, from_worker = os.pipe()

@@ -22,6 +22,11 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 DTYPE_CHOICES = ("auto", "stored", *DTYPES)
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """torch.bfloat16 -> "bfloat16": the name the flags and JSON records use."""
+    return str(dtype).removeprefix("torch.")
+
+
 def native_bf16(device: str | torch.device) -> bool:
     """True where bf16 arithmetic runs on bf16 hardware instructions (see the module docstring)."""
     device = torch.device(device)

@@ -198,6 +198,10 @@ class Recipe:
             raise ConfigError(f"unknown recipe preset {preset!r}; choose one of {sorted(RECIPE_PRESETS)}")
         self.root, self.preset, self.progress, self.parallel = Path(root), preset, progress, parallel
         self.p = RECIPE_PRESETS[preset]
+        guide = self.p["assemble"].get("guide_stage")
+        if guide is not None and guide not in UNIFIED_CHAIN[:-1]:   # checked before any stage trains
+            raise ConfigError(f"assemble.guide_stage must be a unified stage before {UNIFIED_CHAIN[-1]!r} "
+                              f"({list(UNIFIED_CHAIN[:-1])}), got {guide!r}")
         self.stage_preset = "quick" if preset == "quick" else "full"   # the stages' own preset tables
         self.shapes = ShapesConfig()   # the default world: 64 px, GenEval colours, 5 shapes
         self.markers = self.root / "markers"
@@ -344,9 +348,6 @@ class Recipe:
     def run_assemble(self) -> dict[str, Any]:
         settings = dict(self.p["assemble"])
         stage = settings.pop("guide_stage", None)
-        if stage is not None and stage not in UNIFIED_CHAIN[:-1]:
-            raise ConfigError(f"assemble.guide_stage must be a unified stage before {UNIFIED_CHAIN[-1]!r} "
-                              f"({list(UNIFIED_CHAIN[:-1])}), got {stage!r}")
         assemble_model(self.path(UNIFIED_CHAIN[-1], "export"), self.path("decoder", "export"), self.path("model"),
                        guide=None if stage is None else self.path(stage, "export"), **settings)
         return {"model_dir": str(self.path("model"))}
