@@ -6,7 +6,8 @@ import torch
 
 from unimodal.config import ConfigError
 from unimodal.dit import DIT_PRESETS, DiT, DiTConfig, count_parameters, dit_config
-from unimodal.dit.blocks import DiTBlock, FinalLayer, FourierTimestepEmbedder, Rope2D, sincos_2d_pos_embed
+import unimodal.dit.blocks as blocks
+from unimodal.dit.blocks import DiTBlock, FinalLayer, FourierTimestepEmbedder, Rope2D, attention, sincos_2d_pos_embed
 from unimodal.dit.flow import flow_matching_loss, sample_time
 from unimodal.dit.sampling import SamplerConfig, sample
 from unimodal.utils.weights import WeightLoadError
@@ -138,6 +139,35 @@ def test_fourier_frequencies_follow_the_build_device():
     with torch.device("meta"):
         emb = FourierTimestepEmbedder(16)
     assert emb.W.device == emb.mlp[0].weight.device == torch.device("meta")
+
+
+def test_attention_equals_sdpa_in_both_paths_with_its_gradients(monkeypatch):
+    """bf16 on a CPU takes the explicit matmuls (up to EXPLICIT_ATTENTION_MAX_TOKENS), fp32 SDPA;
+    both give SDPA's attention and input gradients, to bf16 rounding."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(blocks.F, "scaled_dot_product_attention", lambda *a: calls.append(1) or sdpa(*a))
+    q, k, v = (torch.randn(2, 3, 16, 8) for _ in range(3))
+    for dtype, explicit in ((torch.float32, False), (torch.bfloat16, True)):
+        leaves = [x.to(dtype).requires_grad_() for x in (q, k, v)]
+        calls.clear()
+        out = attention(*leaves)
+        assert (not calls) == explicit, dtype
+        grads = torch.autograd.grad(out.float().square().sum(), leaves)
+        ref_leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+        ref = sdpa(*ref_leaves)
+        ref_grads = torch.autograd.grad(ref.square().sum(), ref_leaves)
+        tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=5e-2, rtol=5e-2)
+        torch.testing.assert_close(out.float(), ref, **tol)
+        for g, r in zip(grads, ref_grads):
+            torch.testing.assert_close(g.float(), r, **tol)
+    monkeypatch.setattr(blocks, "EXPLICIT_ATTENTION_MAX_TOKENS", 15)   # beyond the bound: SDPA again
+    calls.clear()
+    attention(*(x.bfloat16() for x in (q, k, v)))
+    assert calls
 
 
 # ----------------------------------------------------------------------------- conditioning

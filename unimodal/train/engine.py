@@ -213,10 +213,11 @@ class TrainEngine:
     def autocast(self) -> contextlib.AbstractContextManager:
         """bf16 autocast when `train.bf16` (settled: `self.bf16`). On a CPU it also picks torch's math attention kernel:
         there the flash kernel's bf16 backward runs at about half the math kernel's speed on
-        sequences of up to ~128 tokens (the Shapes recipe's 64 latent tokens, its ~100-token
-        conversations), while for 1,000 tokens and more flash is ~2x faster (measured with torch
-        2.14 on 2 cores; `scripts/bench_unified.py` times the whole step). The kernel is chosen in
-        the forward, so the backward follows it."""
+        sequences of up to ~128 tokens (the Shapes recipe's ~100-token conversations through the
+        LLM's SDPA; the DiT computes its bf16 attention explicitly, `unimodal.dit.blocks.attention`),
+        while for 1,000 tokens and more flash is ~2x faster (measured with torch 2.14 on 2 cores;
+        `scripts/bench_unified.py` times the whole step). The kernel is chosen in the forward, so
+        the backward follows it."""
         if not self.bf16:
             return contextlib.nullcontext()
         stack = contextlib.ExitStack()
