@@ -115,7 +115,7 @@ _FULL: dict[str, dict[str, Any]] = {
         # (MODEL_CARD). About 28 minutes on 2 cores in bf16.
         mix=dict(t2i=1.0, caption=0.0, judge=0.0), llm_mode="frozen", llm_lr=1e-4, dit_lr=5e-4, fm_repeats=4,
         data=dict(synthetic_images=80000, shapes_captions="geneval"),
-        train=dict(bf16="auto", total_steps=1500, batch_size=32, lr=5e-4, min_lr=1e-4, warmup_steps=20, ema_decay=0.995,
+        train=dict(bf16="auto", total_steps=2500, batch_size=32, lr=5e-4, min_lr=1e-4, warmup_steps=20, ema_decay=0.995,
                    log_every=50, ckpt_every=200, sample_every=0)),
     # The judge reads each candidate's decoded image re-encoded (`verify_on`), through the decoder
     # installed here: on v6's candidates that lifted every best-of-N pick, and the prompt's
