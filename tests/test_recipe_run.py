@@ -18,10 +18,12 @@ SHIPPED = Path(__file__).resolve().parents[1] / "models" / "shapes"
 # 0.90, generation 38/120 samples right (v7: 22/120, v5: 20/120, v4, the plain DiT: 9/120). The
 # floors leave a margin of about 2 standard errors (PSNR 32 dB, captions >= 18/24, judge 0.75 vs
 # chance 0.5, reconstructions 0.8, generation >= 24/120: above v7). v8.1 (v8 with autoguidance):
-# the same understanding and decoder figures, generation 0.31 (ShapesEval of every sample).
+# the same understanding and decoder figures, generation 0.31 (ShapesEval of every sample). v9 (a
+# longer draw stage): PSNR 34.6 dB, captions 24/24, judge 0.92, reconstructions 0.90, generation
+# 0.46 (55/120); its generation floor 0.33 (about 3 standard errors below) fails v8.1's 0.31.
 SHIPPED_CHECK = dict(prompts_per_tag=5, n=4, caption_scenes=24, psnr_images=24)
 SHIPPED_FLOORS = {"decoder_psnr": 32.0, "caption_correct": 0.75, "judge_accuracy": 0.75, "shapes_eval_reconstruction": 0.8,
-                  "generation": 0.2}
+                  "generation": 0.33}
 
 
 def test_caption_parser_accepts_every_exact_caption_and_rejects_wrong_ones():

@@ -57,7 +57,7 @@ def merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-# Full: about 1 h 50 min on 2 CPU cores, measured from scratch (latents 8 x 8 tokens x 96 channels, 64 px
+# Full: about 1 h 55 min on 2 CPU cores (v8 measured 1 h 47 min from scratch; v9 adds 1,000 draw steps) (latents 8 x 8 tokens x 96 channels, 64 px
 # images; MODEL_CARD). The unified stages train in bf16 autocast where the hardware computes bf16
 # natively (`train.bf16: auto`, `unimodal.utils.precision`; on a CPU with torch's math attention
 # kernel, `TrainEngine.autocast`): 1.2x the fp32 step in pretraining, 1.5x in draw, whose batches
@@ -112,7 +112,8 @@ _FULL: dict[str, dict[str, Any]] = {
         # The generator was still learning: trained further on the frozen LLM's query states (the
         # understanding side keeps what `understand` taught it), v6's DiT drew the asked scene in
         # 0.18 -> 0.21 -> 0.24 -> 0.25 of its samples after 0 / 500 / 1,000 / 1,500 more steps of 32
-        # (MODEL_CARD). About 28 minutes on 2 cores in bf16.
+        # (MODEL_CARD). v9 trains it 2,500 steps: every sample of v8.1's 0.33 -> 0.39 and best-of-8
+        # 0.39 -> 0.46 over three evaluation seeds (MODEL_CARD). About 38 minutes on 2 cores in bf16.
         mix=dict(t2i=1.0, caption=0.0, judge=0.0), llm_mode="frozen", llm_lr=1e-4, dit_lr=5e-4, fm_repeats=4,
         data=dict(synthetic_images=80000, shapes_captions="geneval"),
         train=dict(bf16="auto", total_steps=2500, batch_size=32, lr=5e-4, min_lr=1e-4, warmup_steps=20, ema_decay=0.995,
