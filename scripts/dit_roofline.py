@@ -43,6 +43,11 @@ def gemm_peak_gflops(dtype: torch.dtype, sizes=(1024, 2048, 4096), repeats: int 
     return best
 
 
+def gflops(flops: float, ms: float) -> float:
+    """Throughput of `flops` done in `ms` milliseconds; infinite when no time is left for them."""
+    return flops / (ms / 1e3) / 1e9 if ms > 0 else float("inf")
+
+
 def rows(result: dict, peaks: dict, train_speedup: float, sample_speedup: float) -> list[dict]:
     """One row per (config, precision, measure): the reference's time, the target and the GFLOP/s
     the target needs, against the peak."""
@@ -67,18 +72,18 @@ def rows(result: dict, peaks: dict, train_speedup: float, sample_speedup: float)
                 if flops is None:
                     continue
                 target_ms = ms(ref) / speedup
-                needed = flops / ((target_ms - floor_ms) / 1e3) / 1e9
+                needed = gflops(flops, target_ms - floor_ms)   # inf: the AdamW step alone takes the target
                 row = dict(config=cfg, precision=prec, measure=measure, gflop=round(flops / 1e9, 2),
                            reference_ms=ms(ref), target_speedup=speedup, target_ms=round(target_ms, 1),
                            optimizer_floor_ms=floor_ms,
-                           reference_gflops=round(flops / (ms(ref) / 1e3) / 1e9, 1),
+                           reference_gflops=round(gflops(flops, ms(ref)), 1),
                            needed_gflops=round(needed, 1), peak_gflops=round(peaks[prec], 1),
                            needed_over_peak=round(needed / peaks[prec], 3),
                            reachable=needed < peaks[prec])
                 for label, impl in ours.items():
                     row[f"{label}_ms"] = ms(impl)
                     row[f"{label}_speedup"] = round(ms(ref) / ms(impl), 3)
-                    row[f"{label}_gflops"] = round(flops / (ms(impl) / 1e3) / 1e9, 1)
+                    row[f"{label}_gflops"] = round(gflops(flops, ms(impl)), 1)
                     row[f"{label}_met"] = ms(ref) / ms(impl) >= speedup
                 out.append(row)
     return out

@@ -37,6 +37,9 @@ def test_needed_throughput_subtracts_the_fastest_optimizer_and_compares_with_the
     # target 2000 / 2 = 1000 ms for 200 GFLOP: 200 GFLOP/s against a 150 peak
     assert sample["needed_gflops"] == 200.0 and not sample["reachable"] and not sample["ours_met"]
     assert rows["bf16", "sample"]["reachable"]                 # the same 200 against a 400 peak
+    # at 20x the target (1000 / 20 = 50 ms) is all AdamW floor: no throughput meets it
+    slow = {(r["precision"], r["measure"]): r for r in script.rows(_result(), {"fp32": 150.0, "bf16": 400.0}, 20.0, 2.0)}
+    assert slow["fp32", "train"]["needed_gflops"] == float("inf") and not slow["fp32", "train"]["reachable"]
 
 
 def test_peak_is_positive_and_a_bad_result_gets_one_line(tmp_path, capsys):
