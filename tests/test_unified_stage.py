@@ -46,20 +46,26 @@ def test_finetune_needs_a_start_model(tmp_path):
         finetune.train(CONFIG, _args(tmp_path / "x", 1))
 
 
-def test_finetune_trains_with_the_saved_models_shift(tmp_path):
-    """The start model's time shift is the one it samples with, so finetuning must train with it too
-    (not the finetune config's default model section)."""
+def test_finetune_trains_with_the_saved_models_shift_unless_the_stage_names_one(tmp_path):
+    """The start model's time shift is the one it samples with, so finetuning trains with it (not
+    the finetune config's default model section) unless the stage sets its own training `shift`,
+    which leaves the saved sampler's shift alone."""
     from unimodal.config import load_config
     from unimodal.train.pretrain import StageHooks, UnifiedStageConfig, run_stage
 
     start = pretrain.train(CONFIG, _args(tmp_path / "a", 1, **{"model.shift": 2.5}))
-    cfg = load_config(UnifiedStageConfig, "configs/unified_finetune_tiny.yaml", _args(tmp_path / "ft", 1, init_from=start))
-    assert cfg.model.shift is None
 
     class Spy(StageHooks):
         def after_step(self, info):
             seen.append(info.engine.module.shift)
 
-    seen: list[float | None] = []
-    run_stage(cfg, None, "finetune", Spy())
-    assert seen == [2.5]
+    for run, extra, trained in (("ft", {}, 2.5), ("ft_shift", {"shift": 1.25}, 1.25)):
+        cfg = load_config(UnifiedStageConfig, "configs/unified_finetune_tiny.yaml",
+                          _args(tmp_path / run, 1, init_from=start, **extra))
+        assert cfg.model.shift is None
+        seen: list[float | None] = []
+        out = run_stage(cfg, None, "finetune", Spy())
+        assert seen == [trained]
+        assert UnifiedModel.from_pretrained(out).config.shift == 2.5
+    with pytest.raises(ConfigError, match="shift must be > 0"):
+        load_config(UnifiedStageConfig, "configs/unified_finetune_tiny.yaml", _args(tmp_path / "x", 1, shift=0))

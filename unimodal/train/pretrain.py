@@ -25,6 +25,7 @@ import torch
 
 from unimodal.config import Config, ConfigError, load_config
 from unimodal.data.dataset import DataConfig, build_image_dataset
+from unimodal.dit.flow import resolve_shift
 from unimodal.train.checkpoint import resume_run, save_checkpoint
 from unimodal.train.config import TrainConfig
 from unimodal.utils.distributed import all_reduce_mean, cleanup
@@ -53,6 +54,7 @@ class UnifiedStageConfig(Config):
     mix: TaskMix = dataclasses.field(default_factory=TaskMix)
     fm_weight: float = 2.0                # lambda of CE + lambda * flow matching (Scale-RAE: 2.0)
     fm_repeats: int = 1                   # (time, noise) draws per generation target (unimodal.unified.loss)
+    shift: float | None = None            # training times' shift; None = the model's `shift`, the sampler's
     llm_lr: float = 5.65e-5
     llm_betas: tuple[float, float] = (0.9, 0.999)
     dit_lr: float = 5.65e-4
@@ -69,6 +71,8 @@ class UnifiedStageConfig(Config):
             raise ConfigError(f"fm_weight must be >= 0, got {self.fm_weight}")
         if self.fm_repeats < 1:
             raise ConfigError(f"fm_repeats must be >= 1, got {self.fm_repeats}")
+        if self.shift is not None and self.shift <= 0:
+            raise ConfigError(f"shift must be > 0 or null (the model's shift), got {self.shift}")
         if self.llm_lr <= 0 or self.dit_lr <= 0:
             raise ConfigError(f"llm_lr and dit_lr must be > 0, got {self.llm_lr} / {self.dit_lr}")
         if self.dataset == "images" and not self.data.captions:
@@ -165,7 +169,8 @@ def run_stage(cfg: UnifiedStageConfig, deepspeed_config: str | None, stage: str,
     groups = param_groups(model, llm_lr=cfg.llm_lr, llm_betas=cfg.llm_betas, dit_lr=cfg.dit_lr, dit_betas=cfg.dit_betas,
                           weight_decay=tc.weight_decay)
     # The built model's shift, not cfg.model's: with init_from the saved config is the one that samples.
-    engine = TrainEngine(JointLoss(model, cfg.fm_weight, model.config.shift, cfg.fm_repeats), tc, groups,
+    shift = model.config.shift if cfg.shift is None else cfg.shift
+    engine = TrainEngine(JointLoss(model, cfg.fm_weight, shift, cfg.fm_repeats), tc, groups,
                          deepspeed_config=deepspeed_config, dist=dist)
     model = engine.module.model
     ema = EMA(model, tc.ema_decay) if tc.ema_decay is not None else None
@@ -173,6 +178,7 @@ def run_stage(cfg: UnifiedStageConfig, deepspeed_config: str | None, stage: str,
     n_train = sum(numel(p) for g in groups for p in g["params"])
     logger.info(f"{stage}: {n_train / 1e6:.2f}M trainable of {sum(numel(p) for p in model.parameters()) / 1e6:.2f}M, "
                 f"llm_mode={cfg.llm_mode}, latent {model.config.num_latent_tokens} x {model.config.latent_dim}, "
+                f"t shifted by {resolve_shift(shift, model.config.num_latent_tokens, model.config.latent_dim):.3f}, "
                 f"world_size={dist.world_size}, deepspeed={deepspeed_config is not None}, bf16={engine.bf16}")
 
     # ---- resume -------------------------------------------------------------------------------
