@@ -168,7 +168,8 @@ def run_stage(cfg: UnifiedStageConfig, deepspeed_config: str | None, stage: str,
     hooks.configure(model)
     groups = param_groups(model, llm_lr=cfg.llm_lr, llm_betas=cfg.llm_betas, dit_lr=cfg.dit_lr, dit_betas=cfg.dit_betas,
                           weight_decay=tc.weight_decay)
-    # The built model's shift, not cfg.model's: with init_from the saved config is the one that samples.
+    # Training times: the stage's own shift, else the built model's (not cfg.model's: with init_from
+    # the saved config is the one that samples).
     shift = model.config.shift if cfg.shift is None else cfg.shift
     engine = TrainEngine(JointLoss(model, cfg.fm_weight, shift, cfg.fm_repeats), tc, groups,
                          deepspeed_config=deepspeed_config, dist=dist)
