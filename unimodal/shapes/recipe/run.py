@@ -57,8 +57,8 @@ def merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-# Full: under 2 h on 2 CPU cores (v9 measured 1 h 58 min; v10 moves ~25 minutes from `pretrain` to
-# `draw`; latents 8 x 8 tokens x 96 channels, 64 px images; MODEL_CARD). The unified stages train
+# Full: about 1 h 55 min on 2 CPU cores (v8 measured 1 h 47 min from scratch, v9 adds 1,000 draw
+# steps; latents 8 x 8 tokens x 96 channels, 64 px images; MODEL_CARD). The unified stages train
 # in bf16 autocast where the hardware computes bf16 natively (`train.bf16: auto`, `unimodal.utils.precision`; on a CPU with torch's math attention
 # kernel, `TrainEngine.autocast`): 1.2x the fp32 step in pretraining, 1.5x in draw, whose batches
 # are all DiT work (scripts/bench_unified.py, MODEL_CARD). Elsewhere they train in fp32: emulated
@@ -88,14 +88,15 @@ _FULL: dict[str, dict[str, Any]] = {
         # budget. The DiT^DH head (RAE paper section 5: a wide, shallow head on the body) costs ~1.5x
         # a step here and, label-conditioned on these latents, drew the asked shape in 0.56 of
         # samples after 2,000 steps where the plain DiT reached 0.41 after 4,000 (MODEL_CARD).
-        # v10 gives it 4,500 steps (v9: 8,000) and the time saved to `draw`: a DiT sample costs
-        # ~11.5 ms of 2-core time here, where the LLM trains beside it, and ~7 ms in `draw`.
+        # Its steps do not trade for `draw`'s: a run from scratch with 4,500 steps here and 4,000 in
+        # `draw` (the same wall time) drew the asked scene in 0.24 of its samples and captioned 0.77,
+        # against this schedule's 0.39 and 0.91 (MODEL_CARD, "After v9").
         model=dict(dit=dict(hidden_size=128, depth=4, num_heads=4, cond_dim=128, head_hidden_size=192, head_depth=2,
                             head_num_heads=4),
                    connector_depth=1, num_inference_steps=25, guidance_scale=3.0),
         mix=dict(t2i=0.6, caption=0.25, judge=0.15), llm_lr=1e-3, dit_lr=2e-3, fm_repeats=4,
         data=dict(synthetic_images=80000, shapes_captions="mixed"),
-        train=dict(bf16="auto", total_steps=4500, batch_size=16, lr=1e-3, min_lr=1e-4, warmup_steps=30, ema_decay=0.995,
+        train=dict(bf16="auto", total_steps=8000, batch_size=16, lr=1e-3, min_lr=1e-4, warmup_steps=30, ema_decay=0.995,
                    log_every=50, ckpt_every=200, sample_every=0)),
     "understand": dict(
         # Continues pretraining directly: v5's finetuning stage between the two (2,400 steps on
@@ -115,12 +116,10 @@ _FULL: dict[str, dict[str, Any]] = {
         # understanding side keeps what `understand` taught it), v6's DiT drew the asked scene in
         # 0.18 -> 0.21 -> 0.24 -> 0.25 of its samples after 0 / 500 / 1,000 / 1,500 more steps of 32
         # (MODEL_CARD). v9 trains it 2,500 steps: every sample of v8.1's 0.33 -> 0.39 and best-of-8
-        # 0.39 -> 0.46 over three evaluation seeds (MODEL_CARD). From v9's `understand` export every
-        # sample rose about linearly, 0.26 / 0.34 / 0.38 / 0.47 after 600 / 1,500 / 2,500 / 4,000 steps
-        # (MODEL_CARD), so v10 trains it 4,000: about an hour on 2 cores in bf16.
+        # 0.39 -> 0.46 over three evaluation seeds (MODEL_CARD). About 38 minutes on 2 cores in bf16.
         mix=dict(t2i=1.0, caption=0.0, judge=0.0), llm_mode="frozen", llm_lr=1e-4, dit_lr=5e-4, fm_repeats=4,
         data=dict(synthetic_images=80000, shapes_captions="geneval"),
-        train=dict(bf16="auto", total_steps=4000, batch_size=32, lr=5e-4, min_lr=1e-4, warmup_steps=20, ema_decay=0.995,
+        train=dict(bf16="auto", total_steps=2500, batch_size=32, lr=5e-4, min_lr=1e-4, warmup_steps=20, ema_decay=0.995,
                    log_every=50, ckpt_every=200, sample_every=0)),
     # The judge reads each candidate's decoded image re-encoded (`verify_on`), through the decoder
     # installed here: on v6's candidates that lifted every best-of-N pick, and the prompt's
