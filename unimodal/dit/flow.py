@@ -17,6 +17,8 @@ from typing import Callable, Literal
 import torch
 import torch.nn.functional as F
 
+from unimodal.config import ConfigError
+
 SHIFT_BASE = 4096
 TimeDist = Literal["logit_normal", "uniform"]
 
@@ -32,6 +34,12 @@ def resolve_shift(shift: float | None, num_tokens: int, channels: int) -> float:
     """The shift a setting means: itself, or the dimension shift of the latent [N, C] when None
     (the default of every config that has a shift: training, sampling, the unified model)."""
     return dimension_shift(num_tokens, channels) if shift is None else shift
+
+
+def check_shift(shift: float | None, key: str, null_means: str) -> None:
+    """Validate a config's shift setting: > 0, or None, which means `null_means`."""
+    if shift is not None and shift <= 0:
+        raise ConfigError(f"{key} must be > 0 or null ({null_means}), got {shift}")
 
 
 def shift_time(t: torch.Tensor, shift: float) -> torch.Tensor:

@@ -22,7 +22,7 @@ from typing import Callable, Literal, Sequence
 import torch
 
 from unimodal.config import Config, ConfigError
-from unimodal.dit.flow import resolve_shift, sampling_times
+from unimodal.dit.flow import check_shift, resolve_shift, sampling_times
 
 Model = Callable[..., torch.Tensor]
 
@@ -39,8 +39,7 @@ class SamplerConfig(Config):
     def __post_init__(self) -> None:
         if self.num_inference_steps < 1:
             raise ConfigError(f"sampler.num_inference_steps must be >= 1, got {self.num_inference_steps}")
-        if self.shift is not None and self.shift <= 0:
-            raise ConfigError(f"sampler.shift must be > 0 or null (dimension shift), got {self.shift}")
+        check_shift(self.shift, "sampler.shift", "dimension shift")
         if self.guidance_interval is not None:
             lo, hi = self.guidance_interval = tuple(float(v) for v in self.guidance_interval)
             if not 0.0 <= lo < hi <= 1.0:

@@ -26,7 +26,7 @@ from unimodal.config import Config, ConfigError, load_config
 from unimodal.data.dataset import DataConfig, build_image_dataset
 from unimodal.data.latent_cache import LatentCacheDataset
 from unimodal.dit.config import DiTConfig
-from unimodal.dit.flow import flow_matching_loss, resolve_shift, sample_drop, sample_time
+from unimodal.dit.flow import check_shift, flow_matching_loss, resolve_shift, sample_drop, sample_time
 from unimodal.dit.model import DiT
 from unimodal.dit.sampling import SamplerConfig, noise_from_seeds, sample
 from unimodal.rae.autoencoder import RAE
@@ -62,8 +62,7 @@ class DiTStageConfig(Config):
             raise ConfigError("set latent_cache (from `unimodal cache-latents`) or rae (to encode images on the fly)")
         if self.train.sample_every and self.rae is None:
             raise ConfigError("sample grids are decoded with the RAE: set rae, or train.sample_every=0")
-        if self.shift is not None and self.shift <= 0:
-            raise ConfigError(f"shift must be > 0 or null (dimension shift), got {self.shift}")
+        check_shift(self.shift, "shift", "dimension shift")
         sampler = self.dit.sampler or SamplerConfig()
         if sampler.guidance_scale != 1.0 and (self.dit.cond_mode == "none" or sampler.guidance == "autoguidance"):
             raise ConfigError("sample grids support CFG on class-conditional models only; "

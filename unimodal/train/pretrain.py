@@ -25,7 +25,7 @@ import torch
 
 from unimodal.config import Config, ConfigError, load_config
 from unimodal.data.dataset import DataConfig, build_image_dataset
-from unimodal.dit.flow import resolve_shift
+from unimodal.dit.flow import check_shift, resolve_shift
 from unimodal.train.checkpoint import resume_run, save_checkpoint
 from unimodal.train.config import TrainConfig
 from unimodal.utils.distributed import all_reduce_mean, cleanup
@@ -71,8 +71,7 @@ class UnifiedStageConfig(Config):
             raise ConfigError(f"fm_weight must be >= 0, got {self.fm_weight}")
         if self.fm_repeats < 1:
             raise ConfigError(f"fm_repeats must be >= 1, got {self.fm_repeats}")
-        if self.shift is not None and self.shift <= 0:
-            raise ConfigError(f"shift must be > 0 or null (the model's shift), got {self.shift}")
+        check_shift(self.shift, "shift", "the model's shift")
         if self.llm_lr <= 0 or self.dit_lr <= 0:
             raise ConfigError(f"llm_lr and dit_lr must be > 0, got {self.llm_lr} / {self.dit_lr}")
         if self.dataset == "images" and not self.data.captions:

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from unimodal.config import Config, ConfigError
 from unimodal.dit.config import DiTConfig, dit_config
+from unimodal.dit.flow import check_shift
 from unimodal.rae.autoencoder import RAEConfig
 from unimodal.rae.decoder import decoder_preset
 from unimodal.rae.encoders import encoder_preset
@@ -84,8 +85,7 @@ class UnifiedConfig(Config):
             raise ConfigError(f"unified.num_inference_steps must be >= 1, got {self.num_inference_steps}")
         if self.guidance_scale < 0:
             raise ConfigError(f"unified.guidance_scale must be >= 0, got {self.guidance_scale}")
-        if self.shift is not None and self.shift <= 0:
-            raise ConfigError(f"unified.shift must be > 0 or null (dimension shift), got {self.shift}")
+        check_shift(self.shift, "unified.shift", "dimension shift")
 
     @property
     def num_latent_tokens(self) -> int:
