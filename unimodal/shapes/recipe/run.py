@@ -59,10 +59,11 @@ def merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
 
 # Full: about 1 h 55 min on 2 CPU cores (v8 measured 1 h 47 min from scratch, v9 adds 1,000 draw
 # steps; latents 8 x 8 tokens x 96 channels, 64 px images; MODEL_CARD). The unified stages train
-# in bf16 autocast where the hardware computes bf16 natively (`train.bf16: auto`, `unimodal.utils.precision`; on a CPU with torch's math attention
-# kernel, `TrainEngine.autocast`): 1.2x the fp32 step in pretraining, 1.5x in draw, whose batches
-# are all DiT work (scripts/bench_unified.py, MODEL_CARD). Elsewhere they train in fp32: emulated
-# bf16 made the pretraining step 16x slower on a CPU held to AVX2.
+# in bf16 autocast where the hardware computes bf16 natively (`train.bf16: auto`,
+# `unimodal.utils.precision`; on a CPU with torch's math attention kernel, `TrainEngine.autocast`):
+# 1.2x the fp32 step in pretraining, 1.5x in draw, whose batches are all DiT work
+# (scripts/bench_unified.py, MODEL_CARD). Elsewhere they train in fp32: emulated bf16 made the
+# pretraining step 16x slower on a CPU held to AVX2.
 _FULL: dict[str, dict[str, Any]] = {
     "tokenizer": {},
     "siglip": dict(vision_hidden_size=96, vision_layers=3, vision_heads=4, vision_mlp=384, text_hidden_size=96,
