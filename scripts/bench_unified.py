@@ -8,7 +8,8 @@ unified stage of the recipe (`RECIPE_PRESETS["full"][STAGE]`: batch, task mix, n
 trainable LLM, precision; default pretrain, where most of the recipe's time goes). Measured, each the median of `--repeats` runs after
 one warm-up:
 - `train_step`: one optimiser step as the stage's loop takes it, in the preset's precision
-  (`train.bf16`; `TrainEngine.autocast`): the frozen encoder on the batch's Shapes scenes, a task
+  (`train.bf16`; `TrainEngine.autocast`) and with its `compile` setting (`--compile` overrides it;
+  `train_first_step_s` is the warm-up step, compiling included): the frozen encoder on the batch's Shapes scenes, a task
   draw (text-to-image / caption / judge), the joint loss with `fm_repeats` noise draws per target,
   backward, the engine's AdamW (`TrainEngine`), the EMA update;
 - `best_of_n`: `generate_images(n, keep=1)` with the model's own sampler (steps, guidance), judged by
@@ -31,15 +32,17 @@ from pathlib import Path
 import torch
 
 
-def timed(fn, repeats: int) -> float:
-    """Median seconds of `repeats` calls after one warm-up call."""
+def timed(fn, repeats: int) -> tuple[float, float]:
+    """(median seconds of `repeats` calls, seconds of the warm-up call before them)."""
+    t = time.perf_counter()
     fn()
+    first = time.perf_counter() - t
     out = []
     for _ in range(repeats):
         t = time.perf_counter()
         fn()
         out.append(time.perf_counter() - t)
-    return statistics.median(out)
+    return statistics.median(out), first
 
 
 def main(argv=None) -> dict:
@@ -52,6 +55,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--n", type=int, default=8, help="candidates of the best-of-n generation")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--compile", choices=["preset", "auto", "true", "false"], default="preset",
+                        help="torch.compile the training forward's LLM and DiT (JointLoss); preset: the stage's setting")
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
                         help="weights for generation and captioning, as the commands' --dtype (auto: bfloat16 where "
                              "the device computes it natively); training always keeps fp32 weights")
@@ -73,6 +78,7 @@ def main(argv=None) -> dict:
     from unimodal.unified.model import UnifiedModel
     from unimodal.unified.trainable import configure_trainable, param_groups
     from unimodal.utils.distributed import DistInfo
+    from unimodal.utils.compiling import use_compile
     from unimodal.utils.precision import dtype_name, inference_dtype
 
     stage = RECIPE_PRESETS["full"][args.stage]
@@ -99,15 +105,18 @@ def main(argv=None) -> dict:
     prompt = "a red circle to the left of a blue square"
 
     model.eval()
-    best = timed(lambda: generate_images(model, prompt, n=args.n, keep=1, num_inference_steps=steps), args.repeats)
-    cap = timed(lambda: caption(model, images=pixels[:1], max_new_tokens=16), args.repeats)
+    best, _ = timed(lambda: generate_images(model, prompt, n=args.n, keep=1, num_inference_steps=steps), args.repeats)
+    cap, _ = timed(lambda: caption(model, images=pixels[:1], max_new_tokens=16), args.repeats)
 
     model = load().to(args.device)
     configure_trainable(model, stage.get("llm_mode", "full"))
     groups = param_groups(model, llm_lr=stage["llm_lr"], dit_lr=stage["dit_lr"])
     tc = TrainConfig(**{k: v for k, v in stage["train"].items() if k in ("total_steps", "lr", "min_lr", "warmup_steps", "bf16")},
                      batch_size=batch_size)
-    engine = TrainEngine(JointLoss(model, shift=model.config.shift, fm_repeats=fm_repeats), tc, groups,
+    setting = stage.get("compile", False) if args.compile == "preset" else {"true": True, "false": False}.get(
+        args.compile, args.compile)
+    compiled = use_compile(setting, args.device)
+    engine = TrainEngine(JointLoss(model, shift=model.config.shift, fm_repeats=fm_repeats, compile=compiled), tc, groups,
                          dist=DistInfo(device=torch.device(args.device)))
     ema = EMA(model, stage["train"]["ema_decay"])
     mix, rng = TaskMix(**stage["mix"]), random.Random(0)
@@ -121,12 +130,13 @@ def main(argv=None) -> dict:
         engine.step()
         ema.update(model)
 
-    train = timed(train_step, args.repeats)
+    train, first = timed(train_step, args.repeats)
     result = {
         "unimodal": str(Path(unimodal.__file__).parent), "model": "tiny" if args.tiny else args.model, "stage": args.stage, "device": args.device, "threads": torch.get_num_threads(),
         "inference_dtype": dtype_name(dtype),
         "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3), "repeats": args.repeats,
-        "train_batch": batch_size, "fm_repeats": fm_repeats, "train_bf16": engine.bf16, "train_step_ms": round(train * 1e3, 1),
+        "train_batch": batch_size, "fm_repeats": fm_repeats, "train_bf16": engine.bf16, "train_compile": compiled, "train_step_ms": round(train * 1e3, 1),
+        "train_first_step_s": round(first, 1),
         "train_images_per_s": round(batch_size / train, 2),
         "best_of_n": args.n, "best_of_n_ms": round(best * 1e3, 1), "best_of_n_images_per_s": round(args.n / best, 2),
         "num_inference_steps": steps or model.config.num_inference_steps, "guidance_scale": model.config.guidance_scale,

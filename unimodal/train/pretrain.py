@@ -39,6 +39,7 @@ from unimodal.unified.data import TaskMix, make_batch
 from unimodal.unified.loss import JointLoss
 from unimodal.unified.model import UnifiedModel
 from unimodal.unified.trainable import LLMMode, LoraSettings, configure_trainable, param_groups
+from unimodal.utils.compiling import CompileSetting, check_compile_setting, use_compile
 
 DEFAULT_SAMPLE_PROMPTS = ["a red circle", "two blue squares", "a green triangle left of a yellow star"]
 
@@ -54,6 +55,8 @@ class UnifiedStageConfig(Config):
     mix: TaskMix = dataclasses.field(default_factory=TaskMix)
     fm_weight: float = 2.0                # lambda of CE + lambda * flow matching (Scale-RAE: 2.0)
     fm_repeats: int = 1                   # (time, noise) draws per generation target (unimodal.unified.loss)
+    compile: CompileSetting = False       # torch.compile the LLM and DiT of the training forward (JointLoss);
+                                          # "auto": where TorchInductor has a code generator (unimodal.utils.compiling)
     shift: float | None = None            # training times' shift; None = the model's `shift`, the sampler's
     llm_lr: float = 5.65e-5
     llm_betas: tuple[float, float] = (0.9, 0.999)
@@ -72,6 +75,7 @@ class UnifiedStageConfig(Config):
         if self.fm_repeats < 1:
             raise ConfigError(f"fm_repeats must be >= 1, got {self.fm_repeats}")
         check_shift(self.shift, "shift", "the model's shift")
+        check_compile_setting(self.compile)
         if self.llm_lr <= 0 or self.dit_lr <= 0:
             raise ConfigError(f"llm_lr and dit_lr must be > 0, got {self.llm_lr} / {self.dit_lr}")
         if self.dataset == "images" and not self.data.captions:
@@ -158,6 +162,8 @@ def run_stage(cfg: UnifiedStageConfig, deepspeed_config: str | None, stage: str,
               hooks: StageHooks | None = None) -> Path:
     tc = cfg.train
     hooks = hooks or StageHooks()
+    if deepspeed_config is not None and cfg.compile is True:
+        raise ConfigError("compile=true is for the plain engine (one process or DDP); DeepSpeed stages run eager")
     dist, logger = start_run(cfg, tc, cfg.device)
     device = dist.device
 
@@ -170,7 +176,8 @@ def run_stage(cfg: UnifiedStageConfig, deepspeed_config: str | None, stage: str,
     # Training times: the stage's own shift, else the built model's (not cfg.model's: with init_from
     # the saved config is the one that samples).
     shift = model.config.shift if cfg.shift is None else cfg.shift
-    engine = TrainEngine(JointLoss(model, cfg.fm_weight, shift, cfg.fm_repeats), tc, groups,
+    compiled = deepspeed_config is None and use_compile(cfg.compile, device)
+    engine = TrainEngine(JointLoss(model, cfg.fm_weight, shift, cfg.fm_repeats, compile=compiled), tc, groups,
                          deepspeed_config=deepspeed_config, dist=dist)
     model = engine.module.model
     ema = EMA(model, tc.ema_decay) if tc.ema_decay is not None else None
@@ -179,7 +186,8 @@ def run_stage(cfg: UnifiedStageConfig, deepspeed_config: str | None, stage: str,
     logger.info(f"{stage}: {n_train / 1e6:.2f}M trainable of {sum(numel(p) for p in model.parameters()) / 1e6:.2f}M, "
                 f"llm_mode={cfg.llm_mode}, latent {model.config.num_latent_tokens} x {model.config.latent_dim}, "
                 f"t shifted by {resolve_shift(shift, model.config.num_latent_tokens, model.config.latent_dim):.3f}, "
-                f"world_size={dist.world_size}, deepspeed={deepspeed_config is not None}, bf16={engine.bf16}")
+                f"world_size={dist.world_size}, deepspeed={deepspeed_config is not None}, bf16={engine.bf16}, "
+                f"compile={compiled}")
 
     # ---- resume -------------------------------------------------------------------------------
     step, position, extra = resume_run(tc.run_dir, {"model": engine}, ema, logger)

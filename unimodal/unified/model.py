@@ -214,17 +214,20 @@ class UnifiedModel(nn.Module):
 
     def run_llm(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, cache=None,
-                use_cache: bool = False):
-        """The decoder stack (no LM head): final hidden states after the final norm."""
-        return self.llm.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
-                              cache=cache, use_cache=use_cache)
+                use_cache: bool = False, body: nn.Module | None = None):
+        """The decoder stack (no LM head): final hidden states after the final norm. `body` runs in
+        place of `self.llm.model`: the training loss passes a torch.compile'd view of it (same weights)."""
+        body = self.llm.model if body is None else body
+        return body(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+                    cache=cache, use_cache=use_cache)
 
     def forward(self, batch: ChatBatch, latents: torch.Tensor | None = None, *, cache=None,
-                use_cache: bool = False) -> UnifiedForward:
-        """One LLM pass over a collated batch. `latents` [*, N, C] are indexed by `batch.read_refs`."""
+                use_cache: bool = False, llm_body: nn.Module | None = None) -> UnifiedForward:
+        """One LLM pass over a collated batch. `latents` [*, N, C] are indexed by `batch.read_refs`;
+        `llm_body` as `run_llm`'s `body`."""
         read = latents[batch.read_refs] if batch.read_refs.numel() else None
         embeds = self.embed(batch.input_ids, batch.read_mask, read, batch.write_mask)
-        out = self.run_llm(embeds, batch.attention_mask, batch.position_ids, cache, use_cache)
+        out = self.run_llm(embeds, batch.attention_mask, batch.position_ids, cache, use_cache, body=llm_body)
         hidden = out.last_hidden_state                                        # [B, L, H]
         query_hidden = None
         if bool(batch.write_mask.any()):

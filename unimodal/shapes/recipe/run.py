@@ -57,13 +57,16 @@ def merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-# Full: about 1 h 55 min on 2 CPU cores (v8 measured 1 h 47 min from scratch, v9 adds 1,000 draw
-# steps; latents 8 x 8 tokens x 96 channels, 64 px images; MODEL_CARD). The unified stages train
-# in bf16 autocast where the hardware computes bf16 natively (`train.bf16: auto`,
-# `unimodal.utils.precision`; on a CPU with torch's math attention kernel, `TrainEngine.autocast`):
-# 1.2x the fp32 step in pretraining, 1.5x in draw, whose batches are all DiT work
-# (scripts/bench_unified.py, MODEL_CARD). Elsewhere they train in fp32: emulated bf16 made the
-# pretraining step 16x slower on a CPU held to AVX2.
+# Full: about 1 h 55 min on 2 CPU cores when the unified stages run eagerly (v8 measured 1 h 47 min
+# from scratch, v9 adds 1,000 draw steps; latents 8 x 8 tokens x 96 channels, 64 px images;
+# MODEL_CARD), about 1 h 15 min estimated with `compile: auto` (not yet measured end to end). The
+# unified stages train in bf16 autocast where the hardware computes bf16 natively (`train.bf16:
+# auto`, `unimodal.utils.precision`; on a CPU with torch's math attention kernel,
+# `TrainEngine.autocast`): 1.2x the fp32 step in pretraining, 1.5x in draw, whose batches are all
+# DiT work. Elsewhere they train in fp32: emulated bf16 made the pretraining step 16x slower on a
+# CPU held to AVX2. `compile: auto` runs their training forward through torch.compile where
+# TorchInductor can generate code: another 1.6x in pretrain and draw, 1.3x in understand
+# (scripts/bench_unified.py, MODEL_CARD).
 _FULL: dict[str, dict[str, Any]] = {
     "tokenizer": {},
     "siglip": dict(vision_hidden_size=96, vision_layers=3, vision_heads=4, vision_mlp=384, text_hidden_size=96,
@@ -95,7 +98,7 @@ _FULL: dict[str, dict[str, Any]] = {
         model=dict(dit=dict(hidden_size=128, depth=4, num_heads=4, cond_dim=128, head_hidden_size=192, head_depth=2,
                             head_num_heads=4),
                    connector_depth=1, num_inference_steps=25, guidance_scale=3.0),
-        mix=dict(t2i=0.6, caption=0.25, judge=0.15), llm_lr=1e-3, dit_lr=2e-3, fm_repeats=4,
+        mix=dict(t2i=0.6, caption=0.25, judge=0.15), llm_lr=1e-3, dit_lr=2e-3, fm_repeats=4, compile="auto",
         data=dict(synthetic_images=80000, shapes_captions="mixed"),
         train=dict(bf16="auto", total_steps=8000, batch_size=16, lr=1e-3, min_lr=1e-4, warmup_steps=30, ema_decay=0.995,
                    log_every=50, ckpt_every=200, sample_every=0)),
@@ -109,7 +112,7 @@ _FULL: dict[str, dict[str, Any]] = {
         # off), which is what one prompt's candidates differ by. Text-to-image stays in the mix, so
         # the LLM's query states keep conditioning the DiT (without it v5's samples fell 0.19 -> 0.12).
         mix=dict(t2i=0.3, caption=0.35, judge=0.35, hard_negative=0.5), llm_lr=1e-3, dit_lr=1e-3, fm_repeats=4,
-        data=dict(synthetic_images=80000, shapes_captions="mixed"),
+        compile="auto", data=dict(synthetic_images=80000, shapes_captions="mixed"),
         train=dict(bf16="auto", total_steps=1000, batch_size=32, lr=1e-3, min_lr=1e-4, warmup_steps=20, ema_decay=0.995,
                    log_every=50, ckpt_every=200, sample_every=0)),
     "draw": dict(
@@ -119,7 +122,7 @@ _FULL: dict[str, dict[str, Any]] = {
         # (MODEL_CARD). v9 trains it 2,500 steps: every sample of v8.1's 0.33 -> 0.39 and best-of-8
         # 0.39 -> 0.46 over three evaluation seeds (MODEL_CARD). About 38 minutes on 2 cores in bf16.
         mix=dict(t2i=1.0, caption=0.0, judge=0.0), llm_mode="frozen", llm_lr=1e-4, dit_lr=5e-4, fm_repeats=4,
-        data=dict(synthetic_images=80000, shapes_captions="geneval"),
+        compile="auto", data=dict(synthetic_images=80000, shapes_captions="geneval"),
         train=dict(bf16="auto", total_steps=2500, batch_size=32, lr=5e-4, min_lr=1e-4, warmup_steps=20, ema_decay=0.995,
                    log_every=50, ckpt_every=200, sample_every=0)),
     # The judge reads each candidate's decoded image re-encoded (`verify_on`), through the decoder
