@@ -1,17 +1,18 @@
 """Throughput of the unified model at the Shapes recipe's sizes; the last stdout line is one JSON object.
 
-    python scripts/bench_unified.py [--model models/shapes] [--stage pretrain|understand|draw] [--repeats 5] [--threads 2]
+    python scripts/bench_unified.py [--model models/shapes] [--stage pretrain|understand|draw] [--repeats 5]
+                                    [--threads 2] [--compile preset|auto|true|false]
     python scripts/bench_unified.py --tiny        # unified.testing's tiny model, seconds (for tests)
 
 The model is the shipped one (it has the recipe's sizes); the training settings are those of one
 unified stage of the recipe (`RECIPE_PRESETS["full"][STAGE]`: batch, task mix, noise draws,
-trainable LLM, precision; default pretrain, where most of the recipe's time goes). Measured, each the median of `--repeats` runs after
-one warm-up:
+trainable LLM, precision, compile; default pretrain, where most of the recipe's time goes).
+Measured, each the median of `--repeats` runs after one warm-up:
 - `train_step`: one optimiser step as the stage's loop takes it, in the preset's precision
   (`train.bf16`; `TrainEngine.autocast`) and with its `compile` setting (`--compile` overrides it;
-  `train_first_step_s` is the warm-up step, compiling included): the frozen encoder on the batch's Shapes scenes, a task
-  draw (text-to-image / caption / judge), the joint loss with `fm_repeats` noise draws per target,
-  backward, the engine's AdamW (`TrainEngine`), the EMA update;
+  `train_first_step_s` is the warm-up step, compiling included): the frozen encoder on the batch's
+  Shapes scenes, a task draw (text-to-image / caption / judge), the joint loss with `fm_repeats`
+  noise draws per target, backward, the engine's AdamW (`TrainEngine`), the EMA update;
 - `best_of_n`: `generate_images(n, keep=1)` with the model's own sampler (steps, guidance), judged by
   the model and decoded;
 - `caption`: 16 new tokens for one scene.
@@ -56,7 +57,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--compile", choices=["preset", "auto", "true", "false"], default="preset",
-                        help="torch.compile the training forward's LLM and DiT (JointLoss); preset: the stage's setting")
+                        help="torch.compile the training forward's LLM and DiT (JointLoss); "
+                             "preset: the stage's setting")
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
                         help="weights for generation and captioning, as the commands' --dtype (auto: bfloat16 where "
                              "the device computes it natively); training always keeps fp32 weights")
@@ -116,8 +118,8 @@ def main(argv=None) -> dict:
     setting = stage.get("compile", False) if args.compile == "preset" else {"true": True, "false": False}.get(
         args.compile, args.compile)
     compiled = use_compile(setting, args.device)
-    engine = TrainEngine(JointLoss(model, shift=model.config.shift, fm_repeats=fm_repeats, compile=compiled), tc, groups,
-                         dist=DistInfo(device=torch.device(args.device)))
+    objective = JointLoss(model, shift=model.config.shift, fm_repeats=fm_repeats, compile=compiled)
+    engine = TrainEngine(objective, tc, groups, dist=DistInfo(device=torch.device(args.device)))
     ema = EMA(model, stage["train"]["ema_decay"])
     mix, rng = TaskMix(**stage["mix"]), random.Random(0)
     engine.train()
@@ -135,7 +137,8 @@ def main(argv=None) -> dict:
         "unimodal": str(Path(unimodal.__file__).parent), "model": "tiny" if args.tiny else args.model, "stage": args.stage, "device": args.device, "threads": torch.get_num_threads(),
         "inference_dtype": dtype_name(dtype),
         "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3), "repeats": args.repeats,
-        "train_batch": batch_size, "fm_repeats": fm_repeats, "train_bf16": engine.bf16, "train_compile": compiled, "train_step_ms": round(train * 1e3, 1),
+        "train_batch": batch_size, "fm_repeats": fm_repeats, "train_bf16": engine.bf16,
+        "train_compile": compiled, "train_step_ms": round(train * 1e3, 1),
         "train_first_step_s": round(first, 1),
         "train_images_per_s": round(batch_size / train, 2),
         "best_of_n": args.n, "best_of_n_ms": round(best * 1e3, 1), "best_of_n_images_per_s": round(args.n / best, 2),

@@ -13,7 +13,8 @@ TOOLS = SHARED / "tools"
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not (TOOLS / "unimodal_ddt_adapter.py").is_file(), reason="needs ../shared/tools"),
-    pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "clang++")), reason="TorchInductor needs a C++ compiler"),
+    pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "clang++")),
+                       reason="TorchInductor needs a C++ compiler"),
 ]
 KW = dict(input_size=2, patch_size=1, in_channels=8, hidden_size=[32, 48], depth=[1, 1], num_heads=[2, 2],
           mlp_ratio=4.0, class_dropout_prob=0.1, num_classes=4)

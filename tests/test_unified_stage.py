@@ -73,7 +73,8 @@ def test_finetune_trains_with_the_saved_models_shift_unless_the_stage_names_one(
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "clang++")), reason="TorchInductor needs a C++ compiler")
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "clang++")),
+                    reason="TorchInductor needs a C++ compiler")
 def test_compiled_pretrain_resumes_exactly_and_stays_close_to_eager(tmp_path):
     """compile=true runs the LLM and DiT of the training forward through torch.compile: a resumed
     run still reproduces the straight one bit for bit, the weights stay within bf16-free fp32
@@ -95,5 +96,6 @@ def test_compile_setting_is_checked_before_anything_runs(tmp_path):
     with pytest.raises(ConfigError, match="compile must be true, false or auto"):
         pretrain.train(CONFIG, _args(tmp_path / "a", 2, compile="sometimes"))
     with pytest.raises(ConfigError, match="DeepSpeed stages run eager"):
-        pretrain.train(CONFIG, _args(tmp_path / "b", 2, compile="true"), deepspeed_config="configs/deepspeed/zero1.json")
+        pretrain.train(CONFIG, _args(tmp_path / "b", 2, compile="true"),
+                       deepspeed_config="configs/deepspeed/zero1.json")
     assert not (tmp_path / "b").exists()
