@@ -14,8 +14,9 @@ samples per LLM pass, which is the cheap half of a step.
 `JointLoss(compile=True)` runs the LLM's decoder stack and the DiT of the training forward through
 torch.compile (dynamic shapes: the batch's sequence length and its number of query spans vary from
 step to step); evaluation, sampling and export keep calling the eager modules, which hold the same
-weights. On the Shapes recipe's sizes, bf16 on 2 CPU cores, that made a pretraining step 1.4-1.7x
-and an all-DiT `draw` step 2x faster after about a minute of compiling (scripts/bench_unified.py).
+weights. On the Shapes recipe's sizes, bf16 on 2 CPU cores, that made a pretraining step 1.5-1.7x
+and an all-DiT `draw` step 1.6-2.0x faster after about a minute of compiling (scripts/bench_unified.py,
+in-process A/B runs and the stages' own loops).
 """
 from __future__ import annotations
 
