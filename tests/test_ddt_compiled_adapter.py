@@ -1,20 +1,19 @@
 """scripts/ddt_compiled_adapter.py: the harness candidate that runs our DiT through torch.compile
 gives the eager adapter's outputs and gradients, and survives the harness's deep copies."""
 import copy
-import shutil
 import sys
 
 import pytest
 import torch
 
 from conftest import SHARED, load_script
+from unimodal.utils.compiling import compiler_missing
 
 TOOLS = SHARED / "tools"
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not (TOOLS / "unimodal_ddt_adapter.py").is_file(), reason="needs ../shared/tools"),
-    pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "clang++")),
-                       reason="TorchInductor needs a C++ compiler"),
+    pytest.mark.skipif(compiler_missing("cpu") is not None, reason="TorchInductor needs a C++ compiler"),
 ]
 KW = dict(input_size=2, patch_size=1, in_channels=8, hidden_size=[32, 48], depth=[1, 1], num_heads=[2, 2],
           mlp_ratio=4.0, class_dropout_prob=0.1, num_classes=4)

@@ -1,6 +1,5 @@
 """The pretrain / finetune stages on the toy world: exact resume, export, LoRA finetune, sample grids."""
 import json
-import shutil
 
 import pytest
 import torch
@@ -9,6 +8,7 @@ from safetensors.torch import load_file
 from unimodal.config import ConfigError
 from unimodal.train import finetune, pretrain
 from unimodal.unified.model import UnifiedModel
+from unimodal.utils.compiling import compiler_missing
 
 CONFIG = "configs/unified_tiny.yaml"
 
@@ -73,8 +73,7 @@ def test_finetune_trains_with_the_saved_models_shift_unless_the_stage_names_one(
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "clang++")),
-                    reason="TorchInductor needs a C++ compiler")
+@pytest.mark.skipif(compiler_missing("cpu") is not None, reason="TorchInductor needs a C++ compiler")
 def test_compiled_pretrain_resumes_exactly_and_stays_close_to_eager(tmp_path):
     """compile=true runs the LLM and DiT of the training forward through torch.compile: a resumed
     run still reproduces the straight one bit for bit, the weights stay within bf16-free fp32
