@@ -16,15 +16,31 @@ result took (the harness's own AdamW over the same parameters) and everything el
 matmul (norms, casts, attention's softmax) is taken as free. So a `needed` above the peak cannot
 be met by any implementation that computes the reference's FLOPs on this machine, only by
 computing fewer. `ours_gflops` is what our candidate reaches in the same result.
+
+A square GEMM's peak flatters small models: their matmuls are thin (tiny samples 1,024 tokens of
+width 192-384). `--gemm-floor LABEL=SRC_DIR:MODULE:ATTR` (a harness candidate, e.g.
+`ours=../shared/tools:unimodal_ddt_adapter:build`) builds that model with each config's arguments,
+records the matmuls (aten mm / addmm / bmm / baddbmm, shapes, strides, dtype) of one training step
+(forward + backward at the harness's batch) and of one CFG evaluation, times each shape alone with
+torch on `--threads` threads (fastest of `--gemm-repeats`) and sums them: `LABEL_gemm_floor_ms`,
+the time those matmuls take even when all else is free. A target whose time (less the optimizer
+floor) is under it cannot be met by an implementation that runs these matmuls through torch.
 The last stdout line is one JSON object.
 """
 from __future__ import annotations
 
 import argparse
+import collections
+import importlib
 import json
+import math
+import os
+import sys
 import time
 
 import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 
 def gemm_peak_gflops(dtype: torch.dtype, sizes=(1024, 2048, 4096), repeats: int = 5) -> float:
@@ -41,6 +57,108 @@ def gemm_peak_gflops(dtype: torch.dtype, sizes=(1024, 2048, 4096), repeats: int 
             times.append(time.perf_counter() - t)
         best = max(best, 2 * n ** 3 / min(times) / 1e9)
     return best
+
+
+GEMM_OPS = ("mm", "addmm", "bmm", "baddbmm")
+
+
+def record_gemms(fn) -> collections.Counter:
+    """How often `fn` dispatches each matmul, keyed by (op, ((shape, stride), ...), dtype); the
+    autograd engine runs a CPU backward on the calling thread, so a backward inside `fn` counts."""
+    counts: collections.Counter = collections.Counter()
+
+    class Recorder(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.overloadpacket.__name__
+            if name in GEMM_OPS:
+                tensors = tuple((tuple(a.shape), tuple(a.stride())) for a in args if isinstance(a, torch.Tensor))
+                counts[(name, tensors, str(args[-1].dtype))] += 1
+            return func(*args, **(kwargs or {}))
+
+    with Recorder():
+        fn()
+    return counts
+
+
+def time_gemm(key, repeats: int) -> float:
+    """Seconds one recorded matmul takes alone: the fastest of `repeats` runs on random inputs of
+    its shapes and strides (a zero stride, a broadcast bias, is kept)."""
+    name, tensors, dtype = key
+    args = []
+    for shape, stride in tensors:
+        numel = 1 + sum((n - 1) * st for n, st in zip(shape, stride))
+        args.append(torch.randn(numel).to(getattr(torch, dtype.split(".")[-1])).as_strided(shape, stride))
+    op = getattr(torch.ops.aten, name).default
+    op(*args)
+    best = math.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        op(*args)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def gemm_floor_ms(counts: collections.Counter, repeats: int) -> float:
+    """Sum over the recorded matmuls of count x time alone, in ms."""
+    return 1e3 * sum(n * time_gemm(key, repeats) for key, n in counts.items())
+
+
+def load_builder(spec: str):
+    """LABEL=SRC_DIR:MODULE:ATTR (the harness's candidate syntax) -> (label, callable)."""
+    label, _, rest = spec.partition("=")
+    parts = rest.rsplit(":", 2)
+    if not label or len(parts) != 3:
+        raise SystemExit(f"--gemm-floor {spec!r}: expected LABEL=SRC_DIR:MODULE:ATTR")
+    src, module, attr = parts
+    sys.path.insert(0, os.path.abspath(src))
+    try:
+        return label, getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise SystemExit(f"--gemm-floor {spec!r}: cannot load {module}.{attr} from {src} ({e})")
+
+
+def workload_gemms(build, block: dict, precision: str) -> dict[str, collections.Counter]:
+    """The matmuls of one training step and of one CFG evaluation (the doubled batch) of the model
+    `build(**block['kwargs'])`, at the harness's batches, in fp32 or under bf16 autocast."""
+    kw = block["kwargs"]
+    torch.manual_seed(0)
+    model = build(**kw).float()
+    C, H = kw["in_channels"], kw["input_size"]
+
+    def inputs(batch):
+        return (torch.randn(batch, C, H, H), torch.rand(batch), torch.randint(0, kw["num_classes"], (batch,)))
+
+    amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
+    def train():
+        x, t, y = inputs(block["train_batch"])
+        with amp:
+            out = model.train()(x, t, y)
+        F.mse_loss(out.float(), torch.randn_like(x)).backward()
+
+    def sample():
+        z, t, y = inputs(block["sample_batch"])
+        y = torch.cat([y, torch.full_like(y, kw["num_classes"])])
+        with torch.no_grad(), amp:
+            model.eval().forward_with_cfg(torch.cat([z, z]), torch.cat([t, t]), y, 4.0)
+
+    return {"train": record_gemms(train), "sample": record_gemms(sample)}
+
+
+def add_gemm_floors(table: list[dict], result: dict, builders: list, repeats: int) -> None:
+    """Adds `LABEL_gemm_floor_ms` and `LABEL_gemm_floor_reachable` (the floor fits in the target
+    time less the optimizer floor) to each row."""
+    for label, build in builders:
+        for cfg, block in result["configs"].items():
+            for prec in ("fp32", "bf16"):
+                gemms = workload_gemms(build, block, prec)
+                for row in table:
+                    if (row["config"], row["precision"]) != (cfg, prec):
+                        continue
+                    per = 1 if row["measure"] == "train" else block["sample_steps"]
+                    floor = per * gemm_floor_ms(gemms[row["measure"]], repeats)
+                    row[f"{label}_gemm_floor_ms"] = round(floor, 3)
+                    row[f"{label}_gemm_floor_reachable"] = floor < row["target_ms"] - row["optimizer_floor_ms"]
 
 
 def gflops(flops: float, ms: float) -> float:
@@ -95,6 +213,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=2, help="torch threads for the peak (the harness's --threads)")
     ap.add_argument("--train-speedup", type=float, default=1.3)
     ap.add_argument("--sample-speedup", type=float, default=1.5)
+    ap.add_argument("--gemm-floor", action="append", default=[], metavar="LABEL=SRC_DIR:MODULE:ATTR",
+                    help="also time this model's own matmuls at each config's shapes (repeatable)")
+    ap.add_argument("--gemm-repeats", type=int, default=5, help="runs per matmul shape; the fastest counts")
     args = ap.parse_args(argv)
     try:
         with open(args.result) as f:
@@ -105,9 +226,13 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     peaks = {"fp32": gemm_peak_gflops(torch.float32), "bf16": gemm_peak_gflops(torch.bfloat16)}
     table = rows(result, peaks, args.train_speedup, args.sample_speedup)
+    add_gemm_floors(table, result, [load_builder(spec) for spec in args.gemm_floor], args.gemm_repeats)
     for r in table:
         print(f"{r['config']:5s} {r['precision']} {r['measure']:6s} needs {r['needed_gflops']:6.1f} GFLOP/s "
-              f"of a {r['peak_gflops']:.0f} peak ({'reachable' if r['reachable'] else 'NOT reachable'})")
+              f"of a {r['peak_gflops']:.0f} peak ({'reachable' if r['reachable'] else 'NOT reachable'})"
+              + "".join(f"; {k[:-len('_gemm_floor_ms')]}'s matmuls alone {v:.0f} ms of a "
+                        f"{r['target_ms'] - r['optimizer_floor_ms']:.0f} ms budget"
+                        for k, v in r.items() if k.endswith("_gemm_floor_ms")))
     summary = dict(threads=args.threads, peak_gflops={k: round(v, 1) for k, v in peaks.items()},
                    torch=torch.__version__, result=args.result, rows=table)
     print(json.dumps(summary))

@@ -49,3 +49,39 @@ def test_peak_is_positive_and_a_bad_result_gets_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         script.main(["--result", str(bad)])
     assert "not a ref_bench_dit.py result" in str(e.value)
+
+
+def test_gemm_floor_records_a_linear_forward_and_backward_and_times_each_shape():
+    lin = torch.nn.Linear(8, 16)
+    x = torch.randn(4, 8, requires_grad=True)
+    counts = script.record_gemms(lambda: lin(x).sum().backward())
+    # forward addmm (bias, x, W^T), then the gradients of x and of W: one matmul each
+    assert sorted(k[0] for k in counts) == ["addmm", "mm", "mm"] and sum(counts.values()) == 3
+    fwd = next(k for k in counts if k[0] == "addmm")
+    assert [shape for shape, _ in fwd[1]] == [(16,), (4, 8), (8, 16)] and fwd[2] == "torch.float32"
+    one = script.gemm_floor_ms(counts, repeats=2)
+    assert one > 0 and script.gemm_floor_ms(counts + counts, repeats=2) > one
+
+
+def test_gemm_floor_rows_use_the_model_built_from_the_configs_arguments():
+    class Tiny(torch.nn.Module):
+        def __init__(self, in_channels, input_size, num_classes):
+            super().__init__()
+            self.lin = torch.nn.Linear(in_channels, in_channels)
+
+        def forward(self, x, t, y):
+            return self.lin(x.movedim(1, -1)).movedim(-1, 1)
+
+        def forward_with_cfg(self, x, t, y, scale):
+            return self(x, t, y)
+
+    result = _result()
+    result["configs"]["tiny"].update(kwargs=dict(in_channels=4, input_size=2, num_classes=3), train_batch=2,
+                                     sample_batch=1, sample_steps=10)
+    table = script.rows(result, {"fp32": 150.0, "bf16": 400.0}, 1.25, 2.0)
+    script.add_gemm_floors(table, result, [("toy", Tiny)], repeats=1)
+    for r in table:
+        assert 0 < r["toy_gemm_floor_ms"] < 50 and r["toy_gemm_floor_reachable"]
+    with pytest.raises(SystemExit) as e:
+        script.load_builder("toy=nowhere")
+    assert "expected LABEL=SRC_DIR:MODULE:ATTR" in str(e.value)
