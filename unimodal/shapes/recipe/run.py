@@ -59,8 +59,8 @@ def merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
 
 # Full: about 1 h 55 min on 2 CPU cores when the unified stages run eagerly (v8 measured 1 h 47 min
 # from scratch, v9 adds 1,000 draw steps; latents 8 x 8 tokens x 96 channels, 64 px images;
-# MODEL_CARD); with `compile: auto`, a run on a faster 2-core machine took about 1 h 25 min
-# (pretrain 2,553 s, understand 603 s; draw projected from its rate). The
+# MODEL_CARD); with `compile: auto`, a run on a faster 2-core machine took about 1 h 28 min
+# (pretrain 2,553 s, understand ~500 s, draw ~1,870 s, measured stage by stage). The
 # unified stages train in bf16 autocast where the hardware computes bf16 natively (`train.bf16:
 # auto`, `unimodal.utils.precision`; on a CPU with torch's math attention kernel,
 # `TrainEngine.autocast`): 1.2x the fp32 step in pretraining, 1.5x in draw, whose batches are all
