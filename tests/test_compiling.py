@@ -30,3 +30,5 @@ def test_a_cpu_with_a_cpp_compiler_compiles_and_settings_are_checked():
         check_compile_setting(good)
     with pytest.raises(ConfigError, match="compile must be true, false or auto"):
         check_compile_setting("sometimes")
+    with pytest.raises(ConfigError, match="a string: write true / false unquoted"):
+        check_compile_setting("false")

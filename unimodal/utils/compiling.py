@@ -36,7 +36,8 @@ def compiler_missing(device: str | torch.device) -> str | None:
 
 def check_compile_setting(setting: object, key: str = "compile") -> None:
     if not (isinstance(setting, bool) or setting == "auto"):
-        raise ConfigError(f"{key} must be true, false or auto, got {setting!r}")
+        hint = " (a string: write true / false unquoted)" if str(setting).lower() in ("true", "false") else ""
+        raise ConfigError(f"{key} must be true, false or auto, got {setting!r}{hint}")
 
 
 def use_compile(setting: CompileSetting, device: str | torch.device) -> bool:
