@@ -72,7 +72,7 @@ def record_gemms(fn) -> collections.Counter:
             name = func.overloadpacket.__name__
             if name in GEMM_OPS:
                 tensors = tuple((tuple(a.shape), tuple(a.stride())) for a in args if isinstance(a, torch.Tensor))
-                counts[(name, tensors, str(args[-1].dtype))] += 1
+                counts[(name, tensors, args[-1].dtype)] += 1
             return func(*args, **(kwargs or {}))
 
     with Recorder():
@@ -87,7 +87,7 @@ def time_gemm(key, repeats: int) -> float:
     args = []
     for shape, stride in tensors:
         numel = 1 + sum((n - 1) * st for n, st in zip(shape, stride))
-        args.append(torch.randn(numel).to(getattr(torch, dtype.split(".")[-1])).as_strided(shape, stride))
+        args.append(torch.randn(numel).to(dtype).as_strided(shape, stride))
     op = getattr(torch.ops.aten, name).default
     op(*args)
     best = math.inf
@@ -117,9 +117,10 @@ def load_builder(spec: str):
         raise SystemExit(f"--gemm-floor {spec!r}: cannot load {module}.{attr} from {src} ({e})")
 
 
-def workload_gemms(build, block: dict, precision: str) -> dict[str, collections.Counter]:
-    """The matmuls of one training step and of one CFG evaluation (the doubled batch) of the model
-    `build(**block['kwargs'])`, at the harness's batches, in fp32 or under bf16 autocast."""
+def workload_gemms(build, block: dict) -> dict[tuple[str, str], collections.Counter]:
+    """(precision, measure) -> the matmuls of one training step ("train") and of one CFG evaluation
+    on the doubled batch ("sample") of the model `build(**block['kwargs'])`, at the harness's
+    batches, in fp32 and under bf16 autocast."""
     kw = block["kwargs"]
     torch.manual_seed(0)
     model = build(**kw).float()
@@ -128,21 +129,24 @@ def workload_gemms(build, block: dict, precision: str) -> dict[str, collections.
     def inputs(batch):
         return (torch.randn(batch, C, H, H), torch.rand(batch), torch.randint(0, kw["num_classes"], (batch,)))
 
-    amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
-
-    def train():
+    def train(amp):
         x, t, y = inputs(block["train_batch"])
         with amp:
             out = model.train()(x, t, y)
         F.mse_loss(out.float(), torch.randn_like(x)).backward()
 
-    def sample():
+    def sample(amp):
         z, t, y = inputs(block["sample_batch"])
         y = torch.cat([y, torch.full_like(y, kw["num_classes"])])
         with torch.no_grad(), amp:
             model.eval().forward_with_cfg(torch.cat([z, z]), torch.cat([t, t]), y, 4.0)
 
-    return {"train": record_gemms(train), "sample": record_gemms(sample)}
+    out = {}
+    for prec in ("fp32", "bf16"):
+        amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=prec == "bf16")
+        for measure, fn in (("train", train), ("sample", sample)):
+            out[prec, measure] = record_gemms(lambda: fn(amp))
+    return out
 
 
 def add_gemm_floors(table: list[dict], result: dict, builders: list, repeats: int) -> None:
@@ -150,15 +154,12 @@ def add_gemm_floors(table: list[dict], result: dict, builders: list, repeats: in
     time less the optimizer floor) to each row."""
     for label, build in builders:
         for cfg, block in result["configs"].items():
-            for prec in ("fp32", "bf16"):
-                gemms = workload_gemms(build, block, prec)
-                for row in table:
-                    if (row["config"], row["precision"]) != (cfg, prec):
-                        continue
-                    per = 1 if row["measure"] == "train" else block["sample_steps"]
-                    floor = per * gemm_floor_ms(gemms[row["measure"]], repeats)
-                    row[f"{label}_gemm_floor_ms"] = round(floor, 3)
-                    row[f"{label}_gemm_floor_reachable"] = floor < row["target_ms"] - row["optimizer_floor_ms"]
+            gemms = workload_gemms(build, block)
+            for row in (r for r in table if r["config"] == cfg):
+                per = 1 if row["measure"] == "train" else block["sample_steps"]
+                floor = per * gemm_floor_ms(gemms[row["precision"], row["measure"]], repeats)
+                row[f"{label}_gemm_floor_ms"] = round(floor, 3)
+                row[f"{label}_gemm_floor_reachable"] = floor < row["target_ms"] - row["optimizer_floor_ms"]
 
 
 def gflops(flops: float, ms: float) -> float:

@@ -58,7 +58,7 @@ def test_gemm_floor_records_a_linear_forward_and_backward_and_times_each_shape()
     # forward addmm (bias, x, W^T), then the gradients of x and of W: one matmul each
     assert sorted(k[0] for k in counts) == ["addmm", "mm", "mm"] and sum(counts.values()) == 3
     fwd = next(k for k in counts if k[0] == "addmm")
-    assert [shape for shape, _ in fwd[1]] == [(16,), (4, 8), (8, 16)] and fwd[2] == "torch.float32"
+    assert [shape for shape, _ in fwd[1]] == [(16,), (4, 8), (8, 16)] and fwd[2] == torch.float32
     one = script.gemm_floor_ms(counts, repeats=2)
     assert one > 0 and script.gemm_floor_ms(counts + counts, repeats=2) > one
 
@@ -85,3 +85,6 @@ def test_gemm_floor_rows_use_the_model_built_from_the_configs_arguments():
     with pytest.raises(SystemExit) as e:
         script.load_builder("toy=nowhere")
     assert "expected LABEL=SRC_DIR:MODULE:ATTR" in str(e.value)
+    with pytest.raises(SystemExit) as e:
+        script.load_builder("toy=/nonexistent:no_such_module:build")
+    assert "cannot load no_such_module.build from /nonexistent" in str(e.value)
