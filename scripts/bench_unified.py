@@ -62,7 +62,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
                         help="weights for generation and captioning, as the commands' --dtype (auto: bfloat16 where "
                              "the device computes it natively); training always keeps fp32 weights")
+    parser.add_argument("--allocator", choices=["cli", "default"], default="cli",
+                        help="cli: the fixed glibc malloc thresholds the unimodal command sets "
+                             "(unimodal.utils.allocator); default: glibc's own")
     args = parser.parse_args(argv)
+    from unimodal.utils.allocator import keep_freed_memory
+
+    skipped = keep_freed_memory() if args.allocator == "cli" else "--allocator default"
+    allocator = "cli" if skipped is None else f"glibc default ({skipped})"
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -133,13 +140,17 @@ def main(argv=None) -> dict:
         ema.update(model)
 
     train, first = timed(train_step, args.repeats)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    train_step()   # one more, for the pages a warm step faults in
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     result = {
         "unimodal": str(Path(unimodal.__file__).parent), "model": "tiny" if args.tiny else args.model, "stage": args.stage, "device": args.device, "threads": torch.get_num_threads(),
         "inference_dtype": dtype_name(dtype),
         "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3), "repeats": args.repeats,
         "train_batch": batch_size, "fm_repeats": fm_repeats, "train_bf16": engine.bf16,
         "train_compile": compiled, "train_step_ms": round(train * 1e3, 1),
-        "train_first_step_s": round(first, 1),
+        "train_first_step_s": round(first, 1), "allocator": allocator,
+        "train_step_page_faults": faults,  # minor faults: pages the kernel zeroed and mapped in
         "train_images_per_s": round(batch_size / train, 2),
         "best_of_n": args.n, "best_of_n_ms": round(best * 1e3, 1), "best_of_n_images_per_s": round(args.n / best, 2),
         "num_inference_steps": steps or model.config.num_inference_steps, "guidance_scale": model.config.guidance_scale,

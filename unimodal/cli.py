@@ -11,6 +11,7 @@ import sys
 
 from unimodal import __version__
 from unimodal.config import ConfigError, InputError, UserError
+from unimodal.utils.allocator import keep_freed_memory
 
 # Module names under unimodal.commands, in the order `--help` lists them.
 COMMAND_MODULES = [
@@ -75,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.command is None else 2
+    # Keep freed memory for the next step (unimodal/utils/allocator.py); the user's own allocator
+    # settings, or another C library, leave glibc's defaults in place.
+    keep_freed_memory()
     # The Shapes world is the embedded default data: importing it adds `data.source=shapes` for every
     # command. Here, not at the top, so that `unimodal --help` stays instant (it imports torch).
     import unimodal.shapes  # noqa: F401
