@@ -7,9 +7,10 @@ allocates the same sizes again in the next, so every step faults tens of MB back
 4 KiB page at a time. With fixed thresholds blocks under MMAP_THRESHOLD come from the heap and up
 to TRIM_THRESHOLD of free heap stays mapped.
 
-Measured on the Shapes recipe's draw step (`scripts/bench_unified.py --stage draw --allocator
-default|cli`, 2 cores): 0 page faults a step instead of 70,000-85,000, the step 1.15x faster
-compiled and 1.07x eager, peak RSS within 3%.
+Measured on 2 cores: the Shapes recipe's draw stage in its own loop faulted ~30,000 pages a second
+with glibc's defaults and none with these, and ran ~3% faster (64 against 62 images/s); in
+`scripts/bench_unified.py --stage draw --allocator default|cli`, whose step faults more, 1.15x.
+Peak RSS stays within 3%.
 
 Only the `unimodal` command applies this (`unimodal.cli`); importing the library changes nothing.
 A user's own allocator settings win: a preloaded allocator, or glibc's MALLOC_* / GLIBC_TUNABLES
