@@ -1,16 +1,13 @@
 """The command line's glibc malloc thresholds: freed blocks stay mapped for the next step, and a
 user's own allocator settings are left alone."""
 import os
-import platform
 import subprocess
 import sys
 
 import pytest
 
 from unimodal.utils import allocator
-from unimodal.utils.allocator import keep_freed_memory, user_allocator_setting
-
-GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+from unimodal.utils.allocator import keep_freed_memory, on_glibc, user_allocator_setting
 
 # Four 16 MiB blocks, zero-filled (every page touched), freed together, five times: with glibc's
 # defaults the 64 MiB of free heap top exceeds the trim threshold and goes back to the kernel
@@ -37,7 +34,7 @@ def faults_per_step(mode: str) -> int:
     return int(out.stdout.strip())
 
 
-@pytest.mark.skipif(not GLIBC, reason="glibc's malloc only")
+@pytest.mark.skipif(not on_glibc(), reason="glibc's malloc only")
 def test_freed_blocks_stay_mapped_instead_of_faulting_in_every_step():
     pages = (64 << 20) // os.sysconf("SC_PAGE_SIZE")
     assert faults_per_step("default") > pages // 2                 # glibc's defaults: trimmed, faulted again

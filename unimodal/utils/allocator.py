@@ -30,13 +30,17 @@ MMAP_THRESHOLD = 64 << 20      # blocks of 64 MiB and more (large weights) still
 TRIM_THRESHOLD = 256 << 20     # at most this much free heap is kept mapped
 
 
-# glibc's own variables for what keep_freed_memory sets, and LD_PRELOAD naming another allocator
-# (jemalloc, tcmalloc, mimalloc).
+# glibc's own variables for what keep_freed_memory sets.
 GLIBC_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
 
 
+def on_glibc() -> bool:
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
 def user_allocator_setting(environ: dict[str, str] | None = None) -> str | None:
-    """The environment variable through which the user chose an allocator setting, if any."""
+    """The environment variable through which the user chose an allocator setting, if any: LD_PRELOAD
+    naming another allocator (jemalloc, tcmalloc, mimalloc), glibc's tunables or its variables."""
     environ = os.environ if environ is None else environ
     if "malloc" in environ.get("LD_PRELOAD", "").lower():
         return "LD_PRELOAD"
@@ -48,7 +52,7 @@ def user_allocator_setting(environ: dict[str, str] | None = None) -> str | None:
 def keep_freed_memory(environ: dict[str, str] | None = None) -> str | None:
     """Fixes glibc's thresholds (MMAP_THRESHOLD, TRIM_THRESHOLD) for this process. Returns None once
     they are set, else why they were left alone."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if not on_glibc():
         return "not glibc"
     setting = user_allocator_setting(environ)
     if setting is not None:
